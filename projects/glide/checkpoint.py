@@ -1,0 +1,116 @@
+"""Loading checkpoints safely and refusing the ones that do not fit.
+
+Two gaps in the stack are closed here:
+
+* torch >= 2.6 loads with ``weights_only=True``; mmengine 0.10.7 does not
+  adapt, so files whose ``meta`` holds numpy values or a Runner's message hub
+  (every checkpoint mmengine's own Runner saves, hence ``--resume``) fail with
+  an obscure ``UnpicklingError``. We register a local-file loader that keeps
+  ``weights_only=True`` and allow-lists the few known-safe types those files
+  contain, and that names the file and the problem when loading fails
+  (missing, truncated, not a torch file, unknown pickled type).
+* mmengine's ``load_checkpoint`` (used by ``mmagic.apis.init_model``) is not
+  strict by default: a checkpoint that does not fit only logs a warning and
+  leaves a silently random model. :class:`Glide` calls
+  :func:`check_state_dict` on every load, which raises
+  :class:`CheckpointMismatchError` naming missing, unexpected and mis-shaped
+  keys, with a hint at the likely cause (wrong stage, openai layout,
+  inpainting checkpoint).
+"""
+import os.path as osp
+import pickle
+import zipfile
+from typing import Dict, List
+
+import numpy as np
+import torch
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's keys or shapes do not fit the model built from the config."""
+
+
+def _safe_globals() -> list:
+    """Types found in mmengine Runner checkpoints that are safe to unpickle."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    safe = [HistoryBuffer, np.ndarray, np.dtype, np.core.multiarray._reconstruct,
+            np.core.multiarray.scalar]
+    safe += [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')]
+    return safe
+
+
+def load_checkpoint_file(filename: str, map_location=None) -> dict:
+    """``torch.load`` with ``weights_only=True`` and errors that say what is wrong."""
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    if osp.getsize(filename) == 0:
+        raise RuntimeError(f'checkpoint file is empty: {filename}')
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RuntimeError(f'checkpoint {filename} holds objects that are not known to be safe to '
+                           f'load ({err}); re-save it as a plain state dict') from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError) as err:
+        raise RuntimeError(f'checkpoint {filename} is truncated or not a PyTorch file ({err})') from None
+
+
+@CheckpointLoader.register_scheme(prefixes='', force=True)
+def _load_local(filename, map_location):
+    return load_checkpoint_file(osp.expanduser(filename), map_location)
+
+
+def _preview(keys: List[str], n: int = 6) -> str:
+    shown = ', '.join(keys[:n])
+    return shown + (f', ... ({len(keys)} in all)' if len(keys) > n else '')
+
+
+def check_state_dict(expected: Dict[str, torch.Size], state_dict: Dict[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointMismatchError` unless keys and shapes match exactly.
+
+    Args:
+        expected (dict): key -> shape of the model (``{k: v.shape for k, v in
+            model.state_dict().items()}``).
+        state_dict (dict): key -> tensor of the checkpoint.
+    """
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(state_dict)
+                       if tuple(state_dict[k].shape) != tuple(expected[k]))
+    if not (missing or unexpected or misshaped):
+        return
+    lines = ['the checkpoint does not fit the model built from the config:']
+    if missing:
+        lines.append(f'  missing keys: {_preview(missing)}')
+    if unexpected:
+        lines.append(f'  unexpected keys: {_preview(unexpected)}')
+    for key in misshaped[:6]:
+        lines.append(f'  shape mismatch for {key}: checkpoint {tuple(state_dict[key].shape)}, '
+                     f'model {tuple(expected[key])}')
+    if len(misshaped) > 6:
+        lines.append(f'  ... {len(misshaped)} shape mismatches in all')
+    lines += _hints(expected, state_dict, missing, unexpected)
+    raise CheckpointMismatchError('\n'.join(lines))
+
+
+def _hints(expected, state_dict, missing, unexpected) -> List[str]:
+    hints = []
+    if any(k.startswith('input_blocks.') for k in state_dict):
+        hints.append('hint: this is openai\'s key layout; convert it first with '
+                     'tools/model_converters/glide_openai_to_mmagic.py')
+    if any(k.startswith('unet_up.') for k in unexpected):
+        hints.append('hint: the checkpoint holds an upsampler (unet_up.*) but the config has '
+                     'none: use the 64-256 config')
+    if any(k.startswith('unet_up.') for k in missing) and not any(
+            k.startswith('unet_up.') for k in state_dict):
+        hints.append('hint: the config has an upsampler (unet_up.*) but the checkpoint has none: '
+                     'use the 64x64 config, or a checkpoint holding both stages')
+    key = 'unet.in_blocks.0.0.weight'
+    if key in state_dict and key in expected and state_dict[key].shape[1] != expected[key][1]:
+        kinds = {3: 'a text-to-image base', 6: 'an upsampler', 7: 'a base inpainting',
+                 10: 'an upsampling inpainting'}
+        hints.append(f'hint: the checkpoint\'s unet takes {state_dict[key].shape[1]} input channels '
+                     f'({kinds.get(state_dict[key].shape[1], "an unknown")} model) but the config '
+                     f'builds one with {expected[key][1]}')
+    return hints

@@ -1,0 +1,578 @@
+"""Learned-range Gaussian diffusion math of GLIDE (the single place for it).
+
+GLIDE's UNets predict ``eps`` (first ``C`` output channels) and a per-pixel
+interpolation value ``v`` in ``[-1, 1]`` (last ``C`` channels) between the
+lower (posterior, clipped) and upper (``beta_t``) bound of the log-variance
+(Nichol & Dhariwal 2021, "learned range").  The formulas here are those of
+openai's guided-diffusion / glide-text2im ``GaussianDiffusion`` and
+``SpacedDiffusion`` (MIT licence), implemented independently:
+
+* every coefficient array is float64 numpy on the (possibly respaced)
+  process; it is indexed and cast to float32 exactly like the reference's
+  ``_extract_into_tensor`` (``torch.from_numpy(arr)[t].float()``) and the
+  tensor arithmetic follows the reference's operation order, so float32
+  results match it bit for bit;
+* ``t`` arguments of :class:`GaussianDiffusion` are **indices into this
+  process** (the reference's ``t`` inside ``SpacedDiffusion``); the UNet is
+  always called with the original timestep ``timestep_map[t]``.  For the full
+  1000-step training process both coincide.
+
+Half-precision inputs are computed in float32 (the reference promotes them
+the same way); float32 and float64 inputs keep their dtype.
+
+The schedulers in ``ddim.py``, ``ddpm.py`` and ``dpm_solver.py`` are thin
+wrappers built on :class:`GlideSchedulerBase` below.
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .schedules import (RespacingSpec, get_named_beta_schedule,
+                        respace_betas, respaced_timesteps)
+
+DenoisedFn = Optional[Callable[[torch.Tensor], torch.Tensor]]
+IndexLike = Union[int, torch.Tensor, Sequence[int]]
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _extract(arr: np.ndarray, idx: torch.Tensor, x: torch.Tensor
+             ) -> torch.Tensor:
+    """``arr[idx]`` as float32, shaped ``(B, 1, ..., 1)`` to broadcast on x.
+
+    Mirrors the reference's ``_extract_into_tensor`` (float64 lookup, then
+    ``.float()``); the reference's trailing ``+ zeros(shape)`` only
+    materialises the broadcast and does not change any value.
+    """
+    res = torch.from_numpy(arr)[idx.cpu()].float().to(x.device)
+    return res.reshape(res.shape + (1, ) * (x.dim() - res.dim()))
+
+
+def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over all non-batch dimensions."""
+    return tensor.mean(dim=list(range(1, tensor.dim())))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) +
+                  ((mean1 - mean2)**2) * torch.exp(-logvar2))
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Tanh approximation of the standard normal CDF (as in the reference)."""
+    return 0.5 * (1.0 + torch.tanh(
+        np.sqrt(2.0 / np.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
+                                        log_scales: torch.Tensor
+                                        ) -> torch.Tensor:
+    """Log-likelihood of 8-bit data ``x`` in [-1, 1] under a Gaussian whose
+    mass is integrated over each bin of width 2/255 (edges open-ended);
+    Ho et al. 2020's decoder, elementwise, in nats."""
+    assert x.shape == means.shape == log_scales.shape
+    centered_x = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered_x + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered_x - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    cdf_delta = cdf_plus - cdf_min
+    return torch.where(
+        x < -0.999, log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min,
+                    torch.log(cdf_delta.clamp(min=1e-12))))
+
+
+# --------------------------------------------------------------------------
+# the diffusion process
+# --------------------------------------------------------------------------
+class GaussianDiffusion:
+    """A (possibly respaced) discrete Gaussian diffusion process with the
+    learned-range variance and eps prediction used by GLIDE.
+
+    Args:
+        betas: float64 betas of this process (already respaced).
+        timestep_map: the original timestep of every index of this process
+            (defaults to ``range(len(betas))``).
+
+    Use :meth:`from_schedule` to build GLIDE's processes.
+    """
+
+    def __init__(self, betas, timestep_map: Optional[Sequence[int]] = None):
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or betas.size == 0:
+            raise ValueError('betas must be a non-empty 1-D array.')
+        if not ((betas > 0).all() and (betas <= 1).all()):
+            raise ValueError('betas must lie in (0, 1].')
+        self.betas = betas
+        self.num_timesteps = int(betas.shape[0])
+        if timestep_map is None:
+            timestep_map = range(self.num_timesteps)
+        self.timestep_map = np.asarray(list(timestep_map), dtype=np.int64)
+        if self.timestep_map.shape != betas.shape:
+            raise ValueError('timestep_map must have one entry per beta.')
+
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas, axis=0)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
+
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod -
+                                                   1)
+
+        # q(x_{t-1} | x_t, x_0)
+        self.posterior_variance = (
+            betas * (1.0 - self.alphas_cumprod_prev) /
+            (1.0 - self.alphas_cumprod))
+        # The variance is 0 at t = 0; reuse the t = 1 value there so the log
+        # stays finite (same clipping as the reference).
+        if self.num_timesteps > 1:
+            self.posterior_log_variance_clipped = np.log(
+                np.append(self.posterior_variance[1],
+                          self.posterior_variance[1:]))
+        else:  # degenerate one-step process: fall back to log(beta)
+            self.posterior_log_variance_clipped = np.log(betas)
+        self.posterior_mean_coef1 = (
+            betas * np.sqrt(self.alphas_cumprod_prev) /
+            (1.0 - self.alphas_cumprod))
+        self.posterior_mean_coef2 = ((1.0 - self.alphas_cumprod_prev) *
+                                     np.sqrt(alphas) /
+                                     (1.0 - self.alphas_cumprod))
+        self.log_betas = np.log(betas)
+
+    @classmethod
+    def from_schedule(cls,
+                      beta_schedule: str = 'squaredcos_cap_v2',
+                      num_train_timesteps: int = 1000,
+                      respacing: Optional[RespacingSpec] = None
+                      ) -> 'GaussianDiffusion':
+        """Build the process of a named schedule, respaced by ``respacing``.
+
+        ``respacing=None`` keeps all ``num_train_timesteps`` steps (the
+        training process).  As in the reference (which always wraps the
+        process in ``SpacedDiffusion``), the betas are recomputed from the
+        kept ``alphas_cumprod`` even when every step is kept.
+        """
+        base = get_named_beta_schedule(beta_schedule, num_train_timesteps)
+        kept = (list(range(num_train_timesteps)) if respacing is None else
+                respaced_timesteps(respacing, num_train_timesteps))
+        return cls(respace_betas(base, kept), timestep_map=kept)
+
+    # ------------------------------------------------------------------
+    # index handling
+    # ------------------------------------------------------------------
+    def _index(self, t: IndexLike, batch_size: int) -> torch.Tensor:
+        """Turn ``t`` (int, 0-d/1-d tensor or sequence of indices into this
+        process) into a CPU LongTensor of shape ``(batch_size,)``."""
+        idx = torch.as_tensor(t).detach().cpu()
+        if idx.is_floating_point():
+            if not torch.equal(idx, idx.round()):
+                raise ValueError(f'step indices must be integers, got {t}.')
+        idx = idx.long().reshape(-1)
+        if idx.numel() == 1:
+            idx = idx.expand(batch_size)
+        elif idx.numel() != batch_size:
+            raise ValueError(f'got {idx.numel()} step indices for a batch of '
+                             f'{batch_size}.')
+        if idx.numel() and (int(idx.min()) < 0
+                            or int(idx.max()) >= self.num_timesteps):
+            raise ValueError(f'step index out of range [0, '
+                             f'{self.num_timesteps}): {t}.')
+        return idx
+
+    def original_timesteps(self, t: IndexLike) -> torch.Tensor:
+        """Original (training) timesteps of indices ``t`` of this process."""
+        idx = torch.as_tensor(t).long().cpu()
+        return torch.from_numpy(self.timestep_map)[idx]
+
+    @staticmethod
+    def _nonzero_mask(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (idx != 0).float().to(x.device).view(-1,
+                                                     *([1] * (x.dim() - 1)))
+
+    # ------------------------------------------------------------------
+    # forward process
+    # ------------------------------------------------------------------
+    def q_sample(self,
+                 x_start: torch.Tensor,
+                 t: IndexLike,
+                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Sample ``x_t ~ q(x_t | x_0)``:
+        ``sqrt(abar) * x_0 + sqrt(1 - abar) * noise``."""
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        assert noise.shape == x_start.shape
+        idx = self._index(t, x_start.shape[0])
+        return (_extract(self.sqrt_alphas_cumprod, idx, x_start) * x_start +
+                _extract(self.sqrt_one_minus_alphas_cumprod, idx, x_start) *
+                noise)
+
+    def q_posterior_mean_variance(self, x_start: torch.Tensor,
+                                  x_t: torch.Tensor, t: IndexLike):
+        """Mean, variance and clipped log-variance of q(x_{t-1}|x_t, x_0)."""
+        assert x_start.shape == x_t.shape
+        idx = self._index(t, x_t.shape[0])
+        mean = (_extract(self.posterior_mean_coef1, idx, x_t) * x_start +
+                _extract(self.posterior_mean_coef2, idx, x_t) * x_t)
+        variance = _extract(self.posterior_variance, idx, x_t)
+        log_variance = _extract(self.posterior_log_variance_clipped, idx, x_t)
+        return mean, variance, log_variance
+
+    # ------------------------------------------------------------------
+    # x0 / eps conversions
+    # ------------------------------------------------------------------
+    def predict_xstart_from_eps(self, x_t: torch.Tensor, t: IndexLike,
+                                eps: torch.Tensor) -> torch.Tensor:
+        """``x_0 = sqrt(1/abar) * x_t - sqrt(1/abar - 1) * eps``."""
+        assert x_t.shape == eps.shape
+        idx = self._index(t, x_t.shape[0])
+        return (_extract(self.sqrt_recip_alphas_cumprod, idx, x_t) * x_t -
+                _extract(self.sqrt_recipm1_alphas_cumprod, idx, x_t) * eps)
+
+    def predict_eps_from_xstart(self, x_t: torch.Tensor, t: IndexLike,
+                                pred_xstart: torch.Tensor) -> torch.Tensor:
+        """``eps = (sqrt(1/abar) * x_t - x_0) / sqrt(1/abar - 1)``."""
+        idx = self._index(t, x_t.shape[0])
+        return ((_extract(self.sqrt_recip_alphas_cumprod, idx, x_t) * x_t -
+                 pred_xstart) /
+                _extract(self.sqrt_recipm1_alphas_cumprod, idx, x_t))
+
+    def _split(self, model_output: torch.Tensor, x_t: torch.Tensor,
+               need_variance: bool):
+        B, C = x_t.shape[:2]
+        if model_output.shape[0] != B or model_output.shape[2:] != x_t.shape[
+                2:]:
+            raise ValueError(f'model_output shape {tuple(model_output.shape)}'
+                             f' does not match x_t {tuple(x_t.shape)}.')
+        if model_output.shape[1] == 2 * C:
+            eps, var_values = torch.split(model_output, C, dim=1)
+        elif model_output.shape[1] == C and not need_variance:
+            eps, var_values = model_output, None
+        else:
+            want = f'{2 * C}' if need_variance else f'{C} or {2 * C}'
+            raise ValueError(
+                f'model_output has {model_output.shape[1]} channels, expected '
+                f'{want} (eps, then learned-range variance values) for '
+                f'x_t with {C}.')
+        return eps, var_values
+
+    def pred_xstart(self,
+                    model_output: torch.Tensor,
+                    x_t: torch.Tensor,
+                    t: IndexLike,
+                    clip_denoised: bool = True,
+                    denoised_fn: DenoisedFn = None) -> torch.Tensor:
+        """The processed x0 prediction only (eps channels of model_output;
+        ``denoised_fn`` then clamp to [-1, 1])."""
+        dtype = _compute_dtype(x_t.dtype)
+        x_t = x_t.to(dtype)
+        eps, _ = self._split(model_output.to(dtype), x_t, need_variance=False)
+        x0 = self.predict_xstart_from_eps(x_t, t, eps)
+        return self._process_xstart(x0, clip_denoised, denoised_fn)
+
+    @staticmethod
+    def _process_xstart(x0, clip_denoised, denoised_fn):
+        if denoised_fn is not None:
+            x0 = denoised_fn(x0)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        return x0
+
+    # ------------------------------------------------------------------
+    # reverse process
+    # ------------------------------------------------------------------
+    def p_mean_variance(self,
+                        model_output: torch.Tensor,
+                        x_t: torch.Tensor,
+                        t: IndexLike,
+                        clip_denoised: bool = True,
+                        denoised_fn: DenoisedFn = None
+                        ) -> Dict[str, torch.Tensor]:
+        """p(x_{t-1} | x_t) from a learned-range eps model output.
+
+        Args:
+            model_output: (B, 2C, ...) eps then variance values in [-1, 1].
+            x_t: (B, C, ...).
+            t: index (or (B,) indices) into this process.
+            clip_denoised: clamp the x0 prediction to [-1, 1].
+            denoised_fn: applied to the x0 prediction before clamping
+                (inpainting pastes the known region there).
+
+        Returns:
+            dict(mean, variance, log_variance, pred_xstart).
+        """
+        dtype = _compute_dtype(x_t.dtype)
+        x_t = x_t.to(dtype)
+        eps, var_values = self._split(
+            model_output.to(dtype), x_t, need_variance=True)
+        idx = self._index(t, x_t.shape[0])
+
+        min_log = _extract(self.posterior_log_variance_clipped, idx, x_t)
+        max_log = _extract(self.log_betas, idx, x_t)
+        frac = (var_values + 1) / 2
+        model_log_variance = frac * max_log + (1 - frac) * min_log
+        model_variance = torch.exp(model_log_variance)
+
+        pred_xstart = self._process_xstart(
+            self.predict_xstart_from_eps(x_t, idx, eps), clip_denoised,
+            denoised_fn)
+        model_mean, _, _ = self.q_posterior_mean_variance(
+            pred_xstart, x_t, idx)
+        return dict(
+            mean=model_mean,
+            variance=model_variance,
+            log_variance=model_log_variance,
+            pred_xstart=pred_xstart)
+
+    def p_sample(self,
+                 model_output: torch.Tensor,
+                 x_t: torch.Tensor,
+                 t: IndexLike,
+                 noise: Optional[torch.Tensor] = None,
+                 clip_denoised: bool = True,
+                 denoised_fn: DenoisedFn = None) -> Dict[str, torch.Tensor]:
+        """One ancestral step: ``mean + (t != 0) * exp(0.5 * logvar) * noise``.
+
+        Returns dict(sample, pred_xstart) in the compute dtype.
+        """
+        out = self.p_mean_variance(model_output, x_t, t, clip_denoised,
+                                   denoised_fn)
+        if noise is None:
+            noise = torch.randn_like(x_t)
+        noise = noise.to(out['mean'].dtype)
+        idx = self._index(t, x_t.shape[0])
+        nonzero_mask = self._nonzero_mask(idx, x_t)
+        sample = out['mean'] + nonzero_mask * torch.exp(
+            0.5 * out['log_variance']) * noise
+        return dict(sample=sample, pred_xstart=out['pred_xstart'])
+
+    def ddim_sample(self,
+                    model_output: torch.Tensor,
+                    x_t: torch.Tensor,
+                    t: IndexLike,
+                    eta: float = 0.0,
+                    noise: Optional[torch.Tensor] = None,
+                    clip_denoised: bool = True,
+                    denoised_fn: DenoisedFn = None
+                    ) -> Dict[str, torch.Tensor]:
+        """One DDIM step (Song et al. 2021) from index ``t`` to ``t - 1``.
+
+        eps is re-derived from the processed (clipped) x0 prediction, as in
+        the reference.  ``noise`` is only needed when ``eta != 0`` (with
+        ``eta == 0`` the noise term is exactly zero, so it is not drawn).
+        Returns dict(sample, pred_xstart) in the compute dtype.
+        """
+        dtype = _compute_dtype(x_t.dtype)
+        x_t = x_t.to(dtype)
+        idx = self._index(t, x_t.shape[0])
+        pred_xstart = self.pred_xstart(model_output, x_t, idx, clip_denoised,
+                                       denoised_fn)
+        eps = self.predict_eps_from_xstart(x_t, idx, pred_xstart)
+        alpha_bar = _extract(self.alphas_cumprod, idx, x_t)
+        alpha_bar_prev = _extract(self.alphas_cumprod_prev, idx, x_t)
+        sigma = (eta * torch.sqrt(
+            (1 - alpha_bar_prev) / (1 - alpha_bar)) *
+                 torch.sqrt(1 - alpha_bar / alpha_bar_prev))
+        mean_pred = (pred_xstart * torch.sqrt(alpha_bar_prev) +
+                     torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps)
+        if eta == 0:
+            sample = mean_pred
+        else:
+            if noise is None:
+                noise = torch.randn_like(x_t)
+            nonzero_mask = self._nonzero_mask(idx, x_t)
+            sample = mean_pred + nonzero_mask * sigma * noise.to(dtype)
+        return dict(sample=sample, pred_xstart=pred_xstart)
+
+    # ------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------
+    def training_losses(self, model_output: torch.Tensor,
+                        x_start: torch.Tensor, x_t: torch.Tensor,
+                        t: IndexLike,
+                        noise: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """GLIDE's hybrid loss (plain MSE on eps + variational bound).
+
+        Args:
+            model_output: (B, 2C, ...) the model's output at ``x_t``.
+            x_start: (B, C, ...) clean data in [-1, 1].
+            x_t: ``q_sample(x_start, t, noise)``.
+            t: (B,) indices into this process (== timesteps for the full
+                training process).
+            noise: the eps used to make ``x_t``.
+
+        Returns:
+            dict of (B,) tensors: ``mse`` = mean_flat((noise - eps)^2);
+            ``vb`` = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) in bits per dim
+            for t > 0, discretised-Gaussian decoder NLL in bits per dim at
+            t == 0, with the predicted mean detached (only the variance
+            channels get the vb gradient); ``loss = mse + vb``.  (The
+            reference scales vb by T/1000 only for RESCALED_MSE, which GLIDE
+            does not use.)
+        """
+        dtype = _compute_dtype(x_t.dtype)
+        x_t = x_t.to(dtype)
+        x_start = x_start.to(dtype)
+        noise = noise.to(dtype)
+        eps, var_values = self._split(
+            model_output.to(dtype), x_t, need_variance=True)
+        idx = self._index(t, x_t.shape[0])
+
+        frozen_out = torch.cat([eps.detach(), var_values], dim=1)
+        true_mean, _, true_log_variance = self.q_posterior_mean_variance(
+            x_start, x_t, idx)
+        out = self.p_mean_variance(frozen_out, x_t, idx, clip_denoised=False)
+        kl = normal_kl(true_mean, true_log_variance, out['mean'],
+                       out['log_variance'])
+        kl = mean_flat(kl) / np.log(2.0)
+        decoder_nll = -discretized_gaussian_log_likelihood(
+            x_start, means=out['mean'], log_scales=0.5 * out['log_variance'])
+        decoder_nll = mean_flat(decoder_nll) / np.log(2.0)
+        vb = torch.where(idx.to(x_t.device) == 0, decoder_nll, kl)
+
+        mse = mean_flat((noise - eps)**2)
+        return dict(mse=mse, vb=vb, loss=mse + vb)
+
+
+# --------------------------------------------------------------------------
+# scheduler plumbing shared by ddim.py / ddpm.py / dpm_solver.py
+# --------------------------------------------------------------------------
+@dataclass
+class GlideSchedulerOutput:
+    """Result of a scheduler ``step``.
+
+    Attributes:
+        prev_sample: the sample at the next (smaller) kept timestep, in the
+            input's dtype.
+        pred_xstart: the processed x0 prediction (denoised_fn applied,
+            clipped), in the input's dtype.
+    """
+    prev_sample: torch.Tensor
+    pred_xstart: torch.Tensor
+
+
+class GlideSchedulerBase:
+    """Timestep bookkeeping shared by the GLIDE schedulers.
+
+    Args:
+        num_train_timesteps: T of the training process (1000 for GLIDE).
+        beta_schedule: ``'squaredcos_cap_v2'`` (GLIDE) or ``'linear'``.
+
+    After construction the scheduler covers all ``num_train_timesteps``
+    steps; :meth:`set_timesteps` respaces it.  ``timesteps`` always holds the
+    ORIGINAL timesteps (descending) that the model must be called with, and
+    ``step`` takes one of them.
+    """
+
+    init_noise_sigma = 1.0
+
+    def __init__(self,
+                 num_train_timesteps: int = 1000,
+                 beta_schedule: str = 'squaredcos_cap_v2'):
+        self.num_train_timesteps = num_train_timesteps
+        self.beta_schedule = beta_schedule
+        self.betas = get_named_beta_schedule(beta_schedule,
+                                             num_train_timesteps)
+        self.train_diffusion = GaussianDiffusion.from_schedule(
+            beta_schedule, num_train_timesteps)
+        self._install(self.train_diffusion, None)
+
+    def __len__(self) -> int:
+        return self.num_train_timesteps
+
+    def _install(self, diffusion: GaussianDiffusion, device) -> None:
+        self.diffusion = diffusion
+        kept = [int(t) for t in diffusion.timestep_map]
+        self.num_inference_steps = len(kept)
+        self.timesteps = torch.tensor(
+            kept[::-1], dtype=torch.long, device=device)
+        self._index_of = {t: i for i, t in enumerate(kept)}
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        """Clear per-trajectory state (multistep solvers override this)."""
+
+    def set_timesteps(self, num_inference_steps: RespacingSpec,
+                      device: Union[str, torch.device, None] = None) -> None:
+        """Respace the sampling process.
+
+        Args:
+            num_inference_steps: an int N (N evenly strided steps) or an
+                openai respacing string (``'100'``, ``'ddim25'``, ``'fast27'``,
+                ``'10,10,3,2,2'``, ...); see ``schedules.space_timesteps``.
+            device: where to put ``self.timesteps``.
+        """
+        kept = respaced_timesteps(num_inference_steps,
+                                  self.num_train_timesteps)
+        diffusion = GaussianDiffusion(
+            respace_betas(self.betas, kept), timestep_map=kept)
+        self._install(diffusion, device)
+
+    def index_for_timestep(self, timestep: Union[int, torch.Tensor],
+                           batch_size: int) -> torch.Tensor:
+        """Map ORIGINAL timestep(s) to indices of the respaced process.
+
+        Returns a CPU LongTensor of shape ``(batch_size,)``.
+        """
+        ts = torch.as_tensor(timestep).detach().cpu()
+        if ts.is_floating_point() and not torch.equal(ts, ts.round()):
+            raise ValueError(f'timestep must be an integer, got {timestep}.')
+        values = ts.long().reshape(-1).tolist()
+        if len(values) == 1:
+            values = values * batch_size
+        elif len(values) != batch_size:
+            raise ValueError(f'got {len(values)} timesteps for a batch of '
+                             f'{batch_size}.')
+        try:
+            return torch.tensor([self._index_of[v] for v in values],
+                                dtype=torch.long)
+        except KeyError as err:
+            raise ValueError(
+                f'timestep {err.args[0]} is not one of the '
+                f'{self.num_inference_steps} kept timesteps of this '
+                'scheduler; call the model with a value from '
+                '`scheduler.timesteps`.') from None
+
+    def scale_model_input(self, sample: torch.Tensor,
+                          timestep=None) -> torch.Tensor:
+        """Identity (GLIDE's models take x_t unscaled); diffusers parity."""
+        return sample
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,
+                  timesteps: Union[int, torch.Tensor]) -> torch.Tensor:
+        """``q_sample`` on the full training process (original timesteps)."""
+        return self.train_diffusion.q_sample(original_samples, timesteps,
+                                             noise)
+
+    @staticmethod
+    def _noise(sample: torch.Tensor, generator: Optional[torch.Generator],
+               noise: Optional[torch.Tensor]) -> torch.Tensor:
+        if noise is not None:
+            if noise.shape != sample.shape:
+                raise ValueError(f'noise shape {tuple(noise.shape)} != sample '
+                                 f'shape {tuple(sample.shape)}.')
+            return noise
+        return torch.randn(
+            sample.shape,
+            generator=generator,
+            device=sample.device,
+            dtype=sample.dtype)
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(num_train_timesteps='
+                f'{self.num_train_timesteps}, beta_schedule='
+                f'{self.beta_schedule!r}, num_inference_steps='
+                f'{self.num_inference_steps})')

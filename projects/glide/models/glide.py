@@ -1,0 +1,438 @@
+"""The GLIDE cascade as an mmengine model: sampling, training and testing.
+
+Sampling reproduces openai/glide-text2im's notebooks: classifier-free
+guidance on the 3 eps channels (each half keeps its own variance channels),
+the unconditional branch conditioned on the empty prompt (or a negative
+prompt), then the 64->256 upsampler conditioned on the real prompt with the
+low-resolution sample quantised to 8 bits and the start noise scaled by
+``upsample_temp``. Inpainting replaces the known region of every predicted x0
+with the source image (the reference's ``denoised_fn``).
+"""
+import copy
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from tqdm import tqdm
+
+from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
+
+from ..checkpoint import check_state_dict
+from .tokenizer import GlideTokenizer
+from .unet import InpaintText2ImUNet, SuperResInpaintText2ImUNet
+
+Prompt = Union[str, Sequence[str]]
+
+
+def _build(registry, cfg):
+    return cfg if not isinstance(cfg, dict) else registry.build(copy.deepcopy(cfg))
+
+
+def quantize_8bit(img: torch.Tensor) -> torch.Tensor:
+    """Round an image in [-1, 1] to the 256 levels of an 8-bit image (GLIDE)."""
+    return ((img + 1) * 127.5).round() / 127.5 - 1
+
+
+@MODELS.register_module(name=['Glide', 'GLIDE'])
+class Glide(BaseModel):
+    """GLIDE: text-conditioned base model plus an optional 64->256 upsampler.
+
+    Args:
+        unet (dict | nn.Module): the base UNet (``Text2ImUNet`` or
+            ``InpaintText2ImUNet``).
+        diffusion_scheduler (dict): sampler of the base stage, e.g.
+            ``dict(type='GlideDDIMScheduler', beta_schedule='squaredcos_cap_v2')``.
+        unet_up (dict | nn.Module | None): the upsampler UNet.
+        diffusion_scheduler_up (dict | None): sampler of the upsampler
+            (``beta_schedule='linear'``).
+        tokenizer (dict): the tokenizer (GPT-2 BPE shipped with the package).
+        dtype (str): ``'fp32'`` (default), ``'fp16'`` or ``'bf16'`` for both
+            UNets and the text transformer.
+        use_fp16 (bool): mmagic spelling of ``dtype='fp16'``.
+        train_cfg (dict | None): ``stage`` ('base' or 'upsampler', which UNet
+            ``train_step`` trains) and ``caption_dropout`` (probability of
+            training on the empty prompt, which classifier-free guidance needs).
+        test_cfg (dict | None): default keyword arguments of :meth:`infer` for
+            ``val_step``/``test_step`` (``guidance_scale``, ``num_inference_steps``...).
+        data_preprocessor (dict | None): defaults to mmengine's
+            ``BaseDataPreprocessor`` (moves the batch to the device).
+    """
+
+    def __init__(self,
+                 unet: dict,
+                 diffusion_scheduler: dict,
+                 unet_up: Optional[dict] = None,
+                 diffusion_scheduler_up: Optional[dict] = None,
+                 tokenizer: dict = dict(type='GlideTokenizer'),
+                 dtype: str = 'fp32',
+                 use_fp16: bool = False,
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(data_preprocessor=data_preprocessor or dict(type='BaseDataPreprocessor'),
+                         init_cfg=init_cfg)
+        self.unet = _build(MODELS, unet)
+        self.diffusion_scheduler = _build(DIFFUSION_SCHEDULERS, diffusion_scheduler)
+        self.unet_up = _build(MODELS, unet_up) if unet_up is not None else None
+        if (unet_up is None) != (diffusion_scheduler_up is None):
+            raise ValueError('unet_up and diffusion_scheduler_up must be given together')
+        self.diffusion_scheduler_up = (_build(DIFFUSION_SCHEDULERS, diffusion_scheduler_up)
+                                       if diffusion_scheduler_up is not None else None)
+        self.tokenizer = _build(MODELS, tokenizer)
+        if not isinstance(self.tokenizer, GlideTokenizer):
+            raise TypeError(f'tokenizer must build a GlideTokenizer, got {type(self.tokenizer).__name__}')
+        self.train_cfg = dict(stage='base', caption_dropout=0.2, **(train_cfg or {}))
+        self.test_cfg = dict(test_cfg or {})
+        self.set_dtype('fp16' if use_fp16 else dtype)
+        self._register_load_state_dict_pre_hook(self._check_checkpoint, with_module=False)
+
+    # ------------------------------------------------------------ utilities
+    def set_dtype(self, dtype: str) -> 'Glide':
+        """Run both UNets and their text transformers in ``'fp32'``, ``'fp16'`` or ``'bf16'``."""
+        for unet in (self.unet, self.unet_up):
+            if unet is not None:
+                unet.set_dtype(dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.token_embedding.weight.device
+
+    def _check_checkpoint(self, state_dict, prefix, *args):
+        """Refuse any checkpoint whose keys or shapes differ from this model's."""
+        if prefix:
+            return
+        expected = {k: v.shape for k, v in self.state_dict().items()}
+        check_state_dict(expected, state_dict)
+
+    @staticmethod
+    def _prompts(prompt: Optional[Prompt], batch_size: int, name: str = 'prompt') -> List[str]:
+        """Validate ``prompt`` (str or list of str) and expand it to ``batch_size`` rows."""
+        if prompt is None:
+            prompt = ''
+        if isinstance(prompt, str):
+            return [prompt] * batch_size
+        if not isinstance(prompt, (list, tuple)):
+            raise TypeError(f'{name} must be a str or a list of str, got {type(prompt).__name__}')
+        if len(prompt) == 0:
+            raise ValueError(f'{name} is an empty list: give at least one prompt')
+        bad = [type(p).__name__ for p in prompt if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f'{name} must hold only str, found {bad[0]}')
+        if len(prompt) != batch_size:
+            raise ValueError(f'{name} has {len(prompt)} entries but batch_size is {batch_size}')
+        return list(prompt)
+
+    def _generator(self, seed: Optional[int], generator: Optional[torch.Generator]):
+        if seed is not None and generator is not None:
+            raise ValueError('pass seed or generator, not both')
+        if seed is None:
+            return generator
+        return torch.Generator(self.device).manual_seed(int(seed))
+
+    def _start_noise(self, init_image, shape, generator, scale: float = 1.) -> torch.Tensor:
+        """The start noise x_T: ``init_image`` verbatim, else N(0, scale^2) draws."""
+        if init_image is None:
+            noise = torch.randn(shape, generator=generator, device=self.device)
+            return noise * scale if scale != 1 else noise
+        if not torch.is_tensor(init_image):
+            raise TypeError(f'init_image must be a tensor, got {type(init_image).__name__}')
+        if init_image.dim() == 4 and init_image.shape[0] == 2 * shape[0]:
+            init_image = init_image[:shape[0]]  # upstream mmagic passes both CFG halves
+        if tuple(init_image.shape) != tuple(shape):
+            raise ValueError(f'init_image must have shape {tuple(shape)} (or twice the batch), '
+                             f'got {tuple(init_image.shape)}')
+        return init_image.to(self.device, torch.float32)
+
+    @staticmethod
+    def _inpaint_inputs(image, mask, batch_size, size, device):
+        """Validate and resize an inpainting source (B|1,3,H,W) in [-1, 1] and
+        its mask (B|1,1,H,W), 1 = keep, to ``size``; the mask is thresholded at 0.5."""
+        if not torch.is_tensor(image) or not torch.is_tensor(mask):
+            raise TypeError('inpaint_image and inpaint_mask must both be tensors')
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f'inpaint_image must be (B, 3, H, W) RGB in [-1, 1], got '
+                             f'{tuple(image.shape)} (drop an alpha channel first)')
+        if mask.dim() != 4 or mask.shape[1] != 1:
+            raise ValueError(f'inpaint_mask must be (B, 1, H, W), got {tuple(mask.shape)}')
+        if image.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(f'inpaint_image is {tuple(image.shape[-2:])} but inpaint_mask is '
+                             f'{tuple(mask.shape[-2:])}: they must have the same size')
+        if image.min() < -1 - 1e-3 or image.max() > 1 + 1e-3:
+            raise ValueError(f'inpaint_image must be in [-1, 1], got values in '
+                             f'[{image.min().item():.3g}, {image.max().item():.3g}]')
+        for t, name in ((image, 'inpaint_image'), (mask, 'inpaint_mask')):
+            if t.shape[0] not in (1, batch_size):
+                raise ValueError(f'{name} has batch {t.shape[0]}, expected 1 or {batch_size}')
+        image = image.to(device, torch.float32).expand(batch_size, -1, -1, -1)
+        mask = (mask.to(device, torch.float32) > 0.5).float().expand(batch_size, -1, -1, -1)
+        if image.shape[-1] != size or image.shape[-2] != size:
+            image = F.interpolate(image, (size, size), mode='bilinear', align_corners=False,
+                                  antialias=True)
+            mask = F.interpolate(mask, (size, size), mode='nearest')
+        return image, mask
+
+    def _sample(self, unet, scheduler, x, text_emb, steps, guidance_scale, generator,
+                cond: Dict[str, torch.Tensor], denoised_fn: Optional[Callable], show_progress, desc):
+        """The sampling loop of one stage.
+
+        ``text_emb`` holds 2B rows (conditional then unconditional) when
+        ``guidance_scale`` is not None, else B rows.
+        """
+        scheduler.set_timesteps(steps)
+        b = x.shape[0]
+        guided = guidance_scale is not None
+        if guided:
+            cond = {k: torch.cat([v, v]) for k, v in cond.items()}
+        for t in tqdm(scheduler.timesteps, desc=desc, disable=not show_progress, leave=False):
+            x_in = torch.cat([x, x]) if guided else x
+            out = unet(x_in, t.to(self.device).expand(x_in.shape[0]), text_emb=text_emb, **cond).float()
+            if guided:
+                eps_c, eps_u = out[:b, :3], out[b:, :3]
+                out = torch.cat([eps_u + guidance_scale * (eps_c - eps_u), out[:b, 3:]], dim=1)
+            x = scheduler.step(out, t, x, generator=generator, denoised_fn=denoised_fn).prev_sample
+        return x
+
+    def _text(self, unet, prompts: List[str], negative: Optional[List[str]]):
+        tokens, mask = self.tokenizer(prompts + (negative or []), device=self.device)
+        return unet.encode_text(tokens, mask)
+
+    # -------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def infer(self,
+              init_image: Optional[torch.Tensor] = None,
+              prompt: Optional[Prompt] = None,
+              batch_size: int = 1,
+              guidance_scale: float = 3.,
+              num_inference_steps: Union[int, str] = 50,
+              num_inference_steps_up: Union[int, str] = 'fast27',
+              labels: Optional[torch.Tensor] = None,
+              classifier_scale: float = 0.0,
+              show_progress: bool = False,
+              negative_prompt: Optional[Prompt] = None,
+              seed: Optional[int] = None,
+              generator: Optional[torch.Generator] = None,
+              upsample_temp: float = 0.997,
+              init_image_up: Optional[torch.Tensor] = None,
+              inpaint_image: Optional[torch.Tensor] = None,
+              inpaint_mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Text to image: the base stage, then the upsampler if the model has one.
+
+        Args:
+            init_image (Tensor | None): start noise x_T (B, 3, 64, 64), used
+                verbatim; (2B, ...) is accepted too (first half used).
+            prompt (str | list[str]): one prompt repeated ``batch_size`` times,
+                or B prompts.
+            batch_size (int): number of images B.
+            guidance_scale (float): classifier-free guidance scale (1 = off).
+            num_inference_steps (int | str): base steps: an int N is N evenly
+                strided timesteps; a str is a respacing spec ('100', 'ddim50',
+                'fast27', '10,10,3,2,2').
+            num_inference_steps_up (int | str): upsampler steps ('fast27').
+            labels, classifier_scale: kept for mmagic compatibility; CLIP
+                guidance is not supported (``labels`` must be None and
+                ``classifier_scale`` 0).
+            show_progress (bool): a progress bar per stage.
+            negative_prompt (str | list[str] | None): the unconditional branch's
+                prompt (default: the empty prompt).
+            seed (int | None) / generator (torch.Generator | None): noise source.
+            upsample_temp (float): scale of the upsampler's drawn start noise.
+            init_image_up (Tensor | None): upsampler start noise (B, 3, 256, 256),
+                used verbatim.
+            inpaint_image (Tensor | None): (1|B, 3, H, W) source in [-1, 1] for
+                inpainting (any H=W; resized per stage).
+            inpaint_mask (Tensor | None): (1|B, 1, H, W), 1 = keep (thresholded
+                at 0.5).
+
+        Returns:
+            dict: ``samples`` (B, 3, H, W) in [-1, 1] (256 with an upsampler,
+            else 64); with an upsampler also ``low_res`` (B, 3, 64, 64).
+        """
+        if labels is not None or classifier_scale:
+            raise ValueError('CLIP/classifier guidance is not supported: GLIDE\'s released models '
+                             'use classifier-free guidance; leave labels=None, classifier_scale=0')
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+        if isinstance(prompt, (list, tuple)) and batch_size == 1:
+            batch_size = len(prompt) or 1
+        prompts = self._prompts(prompt, batch_size)
+        negative = self._prompts(negative_prompt, batch_size, 'negative_prompt')
+        generator = self._generator(seed, generator)
+        if (inpaint_image is None) != (inpaint_mask is None):
+            raise ValueError('inpaint_image and inpaint_mask must be given together')
+
+        size = self.unet.image_size
+        x_t = self._start_noise(init_image, (batch_size, 3, size, size), generator)
+        guidance = None if guidance_scale == 1 else float(guidance_scale)
+        text_emb = self._text(self.unet, prompts, negative if guidance is not None else None)
+        cond, denoised_fn = self._inpaint_cond(self.unet, inpaint_image, inpaint_mask, batch_size, size)
+        samples = self._sample(self.unet, self.diffusion_scheduler, x_t, text_emb, num_inference_steps,
+                               guidance, generator, cond, denoised_fn, show_progress, 'GLIDE base')
+        if self.unet_up is None:
+            return dict(samples=samples)
+        up = self.infer_up(samples, batch_size, init_image_up, prompts, num_inference_steps_up,
+                           show_progress, upsample_temp=upsample_temp, generator=generator,
+                           inpaint_image=inpaint_image, inpaint_mask=inpaint_mask)
+        return dict(samples=up['samples'], low_res=samples)
+
+    def _inpaint_cond(self, unet, image, mask, batch_size, size):
+        """Conditioning inputs and the x0 replacement of an inpainting request."""
+        if image is None:
+            if isinstance(unet, (InpaintText2ImUNet, SuperResInpaintText2ImUNet)):
+                raise ValueError('this is an inpainting model: pass inpaint_image and inpaint_mask')
+            return {}, None
+        image, mask = self._inpaint_inputs(image, mask, batch_size, size, self.device)
+
+        def keep_known(x0):
+            return x0 * (1 - mask) + image * mask
+
+        cond = {}
+        if isinstance(unet, (InpaintText2ImUNet, SuperResInpaintText2ImUNet)):
+            cond = dict(inpaint_image=image * mask, inpaint_mask=mask)
+        return cond, keep_known
+
+    @torch.no_grad()
+    def infer_up(self,
+                 low_res_img: torch.Tensor,
+                 batch_size: Optional[int] = None,
+                 init_image: Optional[torch.Tensor] = None,
+                 prompt: Optional[Prompt] = None,
+                 num_inference_steps: Union[int, str] = 'fast27',
+                 show_progress: bool = False,
+                 upsample_temp: float = 0.997,
+                 seed: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None,
+                 inpaint_image: Optional[torch.Tensor] = None,
+                 inpaint_mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Upsample any (B, 3, 64, 64) batch in [-1, 1] to 256x256.
+
+        The low-resolution input is quantised to 8 bits, the drawn start noise
+        is scaled by ``upsample_temp`` (``init_image`` is used verbatim), and
+        the UNet is conditioned on ``prompt`` without guidance.
+
+        Returns:
+            dict: ``samples`` (B, 3, 256, 256) in [-1, 1].
+        """
+        if self.unet_up is None:
+            raise RuntimeError('this model has no upsampler: use a 64-256 config')
+        if not torch.is_tensor(low_res_img) or low_res_img.dim() != 4 or low_res_img.shape[1] != 3:
+            raise ValueError('low_res_img must be a (B, 3, h, w) tensor in [-1, 1], got '
+                             f'{getattr(low_res_img, "shape", type(low_res_img).__name__)}')
+        batch_size = batch_size or low_res_img.shape[0]
+        if low_res_img.shape[0] != batch_size:
+            raise ValueError(f'low_res_img has {low_res_img.shape[0]} images but batch_size is '
+                             f'{batch_size}')
+        prompts = self._prompts(prompt, batch_size)
+        generator = self._generator(seed, generator)
+        size = self.unet_up.image_size
+        x_t = self._start_noise(init_image, (batch_size, 3, size, size), generator, upsample_temp)
+        low_res = quantize_8bit(low_res_img.to(self.device, torch.float32))
+        text_emb = self._text(self.unet_up, prompts, None)
+        cond, denoised_fn = self._inpaint_cond(self.unet_up, inpaint_image, inpaint_mask,
+                                               batch_size, size)
+        cond['low_res'] = low_res
+        samples = self._sample(self.unet_up, self.diffusion_scheduler_up, x_t, text_emb,
+                               num_inference_steps, None, generator, cond, denoised_fn,
+                               show_progress, 'GLIDE upsampler')
+        return dict(samples=samples)
+
+    # ---------------------------------------------------- training / testing
+    def forward(self, inputs=None, data_samples=None, mode: str = 'tensor', **batch):
+        """mmengine entry point; ``batch`` is a collated dataset batch.
+
+        Args:
+            mode (str): ``'loss'`` -> dict of training losses;
+                ``'predict'`` -> list of per-item result dicts (see
+                :meth:`predict`); ``'tensor'`` -> the sampled images
+                (B, 3, H, W) in [-1, 1].
+            **batch: ``prompt`` (list[str]) and, for training, ``img``
+                (B, 3, H, W) in [-1, 1] (``low_res`` (B, 3, 64, 64) for the
+                upsampler); for prediction optionally ``seed``/``index``
+                (list[int]).
+        """
+        if inputs is not None:
+            batch.setdefault('img', inputs)
+        if mode == 'loss':
+            return self.loss(batch)
+        if mode == 'predict':
+            return self.predict(batch)
+        if mode == 'tensor':
+            return torch.stack([item['image'] for item in self.predict(batch)]).float() / 127.5 - 1
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def _stage(self, stage: str):
+        if stage == 'base':
+            return self.unet, self.diffusion_scheduler
+        if stage == 'upsampler':
+            if self.unet_up is None:
+                raise ValueError("train_cfg.stage='upsampler' but the model has no unet_up")
+            return self.unet_up, self.diffusion_scheduler_up
+        raise ValueError(f"train_cfg.stage must be 'base' or 'upsampler', got {stage!r}")
+
+    def loss(self, batch: dict) -> Dict[str, torch.Tensor]:
+        """GLIDE's hybrid training loss (eps MSE + variational bound for the
+        learned variance) on uniformly drawn timesteps of the full process,
+        with the prompt dropped to '' with probability ``caption_dropout``."""
+        unet, scheduler = self._stage(self.train_cfg['stage'])
+        diffusion = scheduler.train_diffusion
+        x0 = batch['img'].to(self.device, torch.float32)
+        b = x0.shape[0]
+        prompts = list(batch['prompt'])
+        drop = torch.rand(b) < self.train_cfg['caption_dropout']
+        prompts = ['' if d else p for p, d in zip(prompts, drop.tolist())]
+        tokens, mask = self.tokenizer(prompts, device=self.device)
+        t = torch.randint(0, diffusion.num_timesteps, (b,), device=self.device)
+        noise = torch.randn_like(x0)
+        x_t = diffusion.q_sample(x0, t, noise)
+        cond = {}
+        if unet is self.unet_up:
+            cond['low_res'] = quantize_8bit(batch['low_res'].to(self.device, torch.float32))
+        out = unet(x_t, t, tokens, mask, **cond)
+        losses = diffusion.training_losses(out.float(), x0, x_t, t, noise)
+        return dict(loss_mse=losses['mse'].mean(), loss_vb=losses['vb'].mean())
+
+    def predict(self, batch: dict) -> List[dict]:
+        """Sample one image per prompt with per-item seeds.
+
+        Each item's start noise comes from its own seed (``seed``, else
+        ``index``, else its row), so results do not depend on batching or on
+        how a prompt set is split across processes. Sampling options come
+        from ``test_cfg``.
+
+        Returns:
+            list[dict]: per item ``prompt``, ``seed``, ``image`` (3, H, W)
+            uint8 RGB on the CPU, ``low_res_image`` (3, 64, 64) uint8 when the
+            model upsamples, and every other batch entry passed through.
+        """
+        prompts = list(batch['prompt'])
+        b = len(prompts)
+        seeds = [int(s) for s in batch.get('seed', batch.get('index', range(b)))]
+        size = self.unet.image_size
+        x_t = torch.stack([torch.randn(3, size, size, generator=torch.Generator().manual_seed(s))
+                           for s in seeds]).to(self.device)
+        cfg = dict(self.test_cfg)
+        if self.unet_up is not None:
+            up = self.unet_up.image_size
+            temp = cfg.get('upsample_temp', 0.997)
+            cfg['init_image_up'] = torch.stack([
+                torch.randn(3, up, up, generator=torch.Generator().manual_seed(s + 1)) * temp
+                for s in seeds]).to(self.device)
+        result = self.infer(init_image=x_t, prompt=prompts, batch_size=b, **cfg)
+        images = to_uint8(result['samples'])
+        low = to_uint8(result['low_res']) if 'low_res' in result else None
+        items = []
+        for i in range(b):
+            item = {k: v[i] for k, v in batch.items() if isinstance(v, (list, tuple, torch.Tensor))
+                    and len(v) == b}
+            item.update(prompt=prompts[i], seed=seeds[i], image=images[i])
+            if low is not None:
+                item['low_res_image'] = low[i]
+            items.append(item)
+        return items
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> uint8 in [0, 255] on the CPU."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()

@@ -1,0 +1,323 @@
+"""Tests of the shapes world: scenes, captions, renderer and dataset."""
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from mmengine.dataset import default_collate, pseudo_collate
+
+from projects.glide.datasets.shapes import (COLORS, HELD_OUT_PAIRS, KINDS,
+                                            MARGIN, MIN_GAP, PALETTE,
+                                            SIZE_EXTENTS, Scene, Shape,
+                                            ShapesDataset, caption,
+                                            is_held_out, make_prompt_set,
+                                            parse_caption, render_scene,
+                                            sample_scene, scene_from_caption,
+                                            write_prompt_file)
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """(3, R, R) in [-1, 1] -> uint8 (R, R, 3)."""
+    return ((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(
+        np.uint8)
+
+
+def single(kind, color, background, center=(0.5, 0.5), extent=0.44,
+           size='large', position='center'):
+    return Scene(background,
+                 [Shape(kind, color, size, position, center, extent)])
+
+
+def test_palette_is_css_named_colours():
+    assert PALETTE == {
+        'red': (255, 0, 0),
+        'green': (0, 128, 0),
+        'blue': (0, 0, 255),
+        'yellow': (255, 255, 0),
+        'purple': (128, 0, 128),
+        'orange': (255, 165, 0),
+        'white': (255, 255, 255),
+        'black': (0, 0, 0),
+    }
+    assert KINDS == ('circle', 'square', 'triangle')
+
+
+@pytest.mark.parametrize('resolution', [64, 256])
+@pytest.mark.parametrize('kind,area', [('circle', np.pi / 4), ('square', 1.0),
+                                       ('triangle', 0.5)])
+def test_render_exact_colours_and_area(resolution, kind, area):
+    scene = single(kind, 'purple', 'orange')
+    img = np.round(render_scene(scene, resolution) * 255).astype(np.uint8)
+    assert img.shape == (resolution, resolution, 3)
+    c = resolution // 2
+    assert tuple(img[c, c]) == (128, 0, 128)
+    for y, x in [(0, 0), (0, -1), (-1, 0), (-1, -1), (c, 0), (0, c)]:
+        assert tuple(img[y, x]) == (255, 165, 0)
+    covered = (render_scene(scene, resolution)[..., 2] * 255 / 128).mean()
+    assert covered == pytest.approx(area * 0.44**2, rel=0.01)
+
+
+def test_triangle_is_upright():
+    img = render_scene(single('triangle', 'white', 'black'), 64)[..., 0]
+    widths = (img > 0.5).sum(1)
+    rows = np.nonzero(widths)[0]
+    top, bottom = widths[rows[:5]].mean(), widths[rows[-5:]].mean()
+    assert bottom > 3 * top
+    assert len(rows) == pytest.approx(0.44 * 64, abs=1.5)
+
+
+def test_dataset_item_colours_at_shape_centres_and_border():
+    ds = ShapesDataset('train', seed=3, resolution=64)
+    for i in range(50):
+        item = ds[i]
+        img = to_uint8(item['img'])
+        scene = Scene.from_dict(item['scene'])
+        bg = PALETTE[scene.background]
+        assert all(tuple(p) == bg for p in img[0]), item['prompt']
+        assert all(tuple(p) == bg for p in img[:, -1]), item['prompt']
+        for s in scene.shapes:
+            x, y = (int(v * 64) for v in s.center)
+            assert tuple(img[y, x]) == PALETTE[s.color], item['prompt']
+
+
+def test_same_scene_at_64_and_256_agrees():
+    ds = ShapesDataset('seen', seed=1, resolution=256, low_res=64)
+    for i in range(20):
+        item = ds[i]
+        assert item['low_res'].shape == (3, 64, 64)
+        down = torch.nn.functional.avg_pool2d(item['img'][None], 4)[0]
+        assert (down - item['low_res']).abs().max() < 1e-4
+        assert torch.equal(item['low_res'],
+                           ShapesDataset('seen', seed=1)[i]['img'])
+
+
+def test_item_format():
+    item = ShapesDataset('held_out', size=5, resolution=32)[2]
+    assert set(item) == {'img', 'prompt', 'index', 'held_out', 'scene'}
+    img = item['img']
+    assert img.dtype == torch.float32 and img.shape == (3, 32, 32)
+    assert img.min() >= -1 and img.max() <= 1
+    assert item['index'] == 2 and item['held_out'] is True
+    assert isinstance(item['prompt'], str)
+    scene = Scene.from_dict(json.loads(json.dumps(item['scene'])))
+    assert scene == ShapesDataset('held_out', size=5).get_scene(2)[0]
+    assert scene.is_concrete and is_held_out(scene)
+    assert len(item['scene']['shapes']) == 2
+
+
+def test_determinism_and_length():
+    a, b = ShapesDataset(seed=5), ShapesDataset(seed=5)
+    assert len(a) == 10**9
+    for i in (0, 7, 123_456_789):
+        x, y = a[i], b[i]
+        assert x['prompt'] == y['prompt'] and x['scene'] == y['scene']
+        assert torch.equal(x['img'], y['img'])
+    other_seed = [ShapesDataset(seed=6).get_scene(i)[1] for i in range(20)]
+    other_split = [ShapesDataset('seen', seed=5).get_scene(i)[1]
+                   for i in range(20)]
+    mine = [a.get_scene(i)[1] for i in range(20)]
+    assert mine != other_seed and mine != other_split
+    finite = ShapesDataset(size=3, seed=5)
+    assert len(finite) == 3
+    assert finite[-1]['prompt'] == a[2]['prompt']
+    with pytest.raises(IndexError):
+        finite[3]
+    with pytest.raises(ValueError, match='split'):
+        ShapesDataset('test')
+
+
+@pytest.mark.parametrize('background,shapes,expected', [
+    ('blue', [('green', 'triangle')], True),
+    ('blue', [('purple', 'circle')], True),
+    ('blue', [('orange', 'square')], True),
+    ('blue', [('white', 'triangle')], True),
+    ('black', [('yellow', 'circle')], True),
+    ('black', [('red', 'circle'), ('yellow', 'square')], True),
+    ('red', [('blue', 'circle'), ('green', 'triangle')], True),
+    ('blue', [('green', 'circle')], False),
+    ('blue', [('orange', 'circle')], False),
+    ('white', [('yellow', 'triangle')], False),
+    ('black', [('white', 'square'), ('purple', 'triangle')], False),
+])
+def test_is_held_out(background, shapes, expected):
+    relation = 'above' if len(shapes) == 2 else None
+    scene = Scene(background, [Shape(k, c) for c, k in shapes], relation)
+    assert is_held_out(scene) is expected
+
+
+def test_splits_respect_held_out_rules():
+    pairs, yellow_on_black = set(), False
+    for split in ('train', 'seen'):
+        ds = ShapesDataset(split, seed=11)
+        for i in range(2000):
+            scene, _ = ds.get_scene(i)
+            assert not is_held_out(scene)
+            pairs |= {(s.color, s.kind) for s in scene.shapes}
+    all_pairs = {(c, k) for c in COLORS for k in KINDS}
+    assert pairs == all_pairs - HELD_OUT_PAIRS
+    held = ShapesDataset('held_out', seed=11)
+    pairs = set()
+    for i in range(1000):
+        scene, _ = held.get_scene(i)
+        assert is_held_out(scene)
+        pairs |= {(s.color, s.kind) for s in scene.shapes}
+        yellow_on_black |= scene.background == 'black' and any(
+            s.color == 'yellow' for s in scene.shapes)
+    assert HELD_OUT_PAIRS <= pairs and yellow_on_black
+    assert all(held[i]['held_out'] for i in range(3))
+    assert not any(ShapesDataset()[i]['held_out'] for i in range(3))
+
+
+def test_layout_conventions():
+    rng = np.random.default_rng(0)
+    n_two = 0
+    for _ in range(2000):
+        scene = sample_scene(rng, 'train')
+        for s in scene.shapes:
+            lo, hi = SIZE_EXTENTS[s.size]
+            assert lo <= s.extent <= hi
+            assert s.color != scene.background
+            for c in s.center:
+                assert MARGIN - 1e-9 <= c - s.extent / 2
+                assert c + s.extent / 2 <= 1 - MARGIN + 1e-9
+        if scene.relation is None:
+            (x, y), pos = scene.shapes[0].center, scene.shapes[0].position
+            ax, ay = {'left': (x, y), 'right': (1 - x, y),
+                      'top': (y, x), 'bottom': (1 - y, x),
+                      'center': (None, None)}[pos]
+            if pos == 'center':
+                assert abs(x - 0.5) <= 0.06 and abs(y - 0.5) <= 0.06
+            else:
+                assert ax <= 1 / 3 - 0.03 and abs(ay - 0.5) <= 0.06
+            continue
+        n_two += 1
+        a, b = scene.shapes
+        assert (a.kind, a.color) != (b.kind, b.color)
+        axis = 1 if scene.relation in ('above', 'below') else 0
+        first, second = (a, b) if scene.relation in (
+            'above', 'to the left of') else (b, a)
+        gap = (second.center[axis] - second.extent / 2) - (
+            first.center[axis] + first.extent / 2)
+        assert gap >= MIN_GAP - 1e-9
+        assert abs(a.center[1 - axis] - b.center[1 - axis]) <= 0.1 + 1e-9
+    assert 600 < n_two < 1000
+
+
+def test_caption_round_trip():
+    rng = np.random.default_rng(42)
+    captions, unstated_size, unstated_position = set(), 0, 0
+    for i in range(4000):
+        scene = sample_scene(rng, 'held_out' if i % 4 == 0 else 'train')
+        text = caption(scene, rng)
+        captions.add(text)
+        for spec in (parse_caption(text), parse_caption(caption(scene))):
+            assert spec.background == scene.background, text
+            assert spec.relation == scene.relation, text
+            assert [(s.kind, s.color) for s in spec.shapes] == [
+                (s.kind, s.color) for s in scene.shapes], text
+            for p, s in zip(spec.shapes, scene.shapes):
+                assert p.size in (None, s.size), text
+                assert p.position in (None, s.position), text
+                unstated_size += p.size is None
+                unstated_position += p.position is None and (
+                    scene.relation is None)
+    assert len(captions) > 3500
+    assert unstated_size > 1000 and unstated_position > 500
+    canonical = parse_caption(caption(scene))
+    assert all(s.size is not None for s in canonical.shapes)
+
+
+def test_parse_caption_is_robust():
+    spec = parse_caption(
+        '  A   Small YELLOW triangle , on the LEFT;  white background!! ')
+    assert spec == Scene('white', [Shape('triangle', 'yellow', 'small',
+                                         'left')])
+    spec = parse_caption('Green background with a big Blue Square.')
+    assert spec == Scene('green', [Shape('square', 'blue', 'large')])
+    spec = parse_caption('an orange circle left of a little black triangle, '
+                         'white background')
+    assert spec.relation == 'to the left of'
+    assert spec.shapes == [Shape('circle', 'orange'),
+                           Shape('triangle', 'black', 'small')]
+    assert parse_caption('a red circle under a blue square on a white '
+                         'background').relation == 'below'
+
+
+@pytest.mark.parametrize('text,message', [
+    ('', 'empty caption'),
+    ('a red circle', 'no background'),
+    ('a red circle on a grey background', "unknown background colour 'grey'"),
+    ('a pink circle on a blue background', "unknown colour or size 'pink'"),
+    ('a red star on a blue background', "unknown shape 'star'"),
+    ('a circle on a blue background', 'no colour for the circle'),
+    ('a blue circle on a blue background', "background colour 'blue'"),
+    ('a red circle and a blue square on a white background',
+     'two shapes need a relation'),
+    ('a red circle on the left above a blue square on a white background',
+     'position cannot be combined with a relation'),
+    ('a red circle at the top on the left, white background',
+     'more than one position'),
+    ('a red circle on a blue background on a white background',
+     'more than one background'),
+])
+def test_parse_caption_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_caption(text)
+
+
+def test_scene_from_caption_samples_unstated_attributes():
+    rng = np.random.default_rng(0)
+    sizes, positions = set(), set()
+    for _ in range(100):
+        scene = scene_from_caption('a red circle on a blue background', rng)
+        assert scene.is_concrete and scene.shapes[0].color == 'red'
+        sizes.add(scene.shapes[0].size)
+        positions.add(scene.shapes[0].position)
+    assert sizes == {'small', 'large'} and len(positions) == 5
+    scene = scene_from_caption('a small red square at the bottom, '
+                               'blue background', rng)
+    assert scene.shapes[0].size == 'small'
+    assert scene.shapes[0].center[1] >= 2 / 3
+
+
+def test_render_speed():
+    for resolution, budget_ms in ((64, 5), (256, 30)):
+        ds = ShapesDataset(resolution=resolution)
+        ds[0]
+        start = time.perf_counter()
+        for i in range(50):
+            ds[i]
+        assert (time.perf_counter() - start) / 50 * 1000 < budget_ms
+
+
+def test_items_collate():
+    ds = ShapesDataset(resolution=16, low_res=8)
+    items = [ds[i] for i in range(16)]
+    assert {it['scene']['num_shapes'] for it in items} == {1, 2}
+    batch = default_collate(items)
+    assert batch['img'].shape == (16, 3, 16, 16)
+    assert batch['low_res'].shape == (16, 3, 8, 8)
+    assert len(batch['prompt']) == 16
+    assert pseudo_collate(items)['prompt'] == [it['prompt'] for it in items]
+
+
+def test_prompt_set_and_file(tmp_path):
+    prompts = make_prompt_set('held_out', 40, seed=3)
+    assert prompts == make_prompt_set('held_out', 40, seed=3)
+    assert len(set(prompts)) > 30
+    assert all(is_held_out(parse_caption(p)) for p in prompts)
+    assert not any(
+        is_held_out(parse_caption(p)) for p in make_prompt_set('seen', 40))
+    path = tmp_path / 'prompts.txt'
+    write_prompt_file(str(path), prompts)
+    assert path.read_text(encoding='utf-8').splitlines() == prompts
+
+
+def test_registry_build():
+    from mmagic.registry import DATASETS
+    ds = DATASETS.build(
+        dict(type='ShapesDataset', split='seen', size=3, resolution=32,
+             low_res=16, seed=2))
+    assert isinstance(ds, ShapesDataset) and len(ds) == 3
+    assert ds[0]['low_res'].shape == (3, 16, 16)

@@ -1,0 +1,52 @@
+"""Convert openai's GLIDE checkpoints to this project's (mmagic) layout.
+
+    python tools/model_converters/glide_openai_to_mmagic.py --base base.pt \
+        [--upsample upsample.pt] --out glide.pth [--config-out glide_config.py]
+
+Accepts openai's released ``base.pt``/``upsample.pt`` (and the inpainting
+files), as plain state dicts or dicts holding ``state_dict`` (and
+``options``). The architecture is inferred from tensor shapes; ``--config-out``
+writes a config that ``mmagic.apis.init_model`` loads the output with.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import torch
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--base', required=True, help="openai base model file (base.pt)")
+    parser.add_argument('--upsample', help="openai upsampler file (upsample.pt)")
+    parser.add_argument('--out', required=True, help='output checkpoint (.pth)')
+    parser.add_argument('--config-out', help='also write a config for the converted checkpoint')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from projects.glide.checkpoint import load_checkpoint_file
+    from projects.glide.convert import config_text, convert_openai_checkpoint
+    try:
+        for path in (args.out, args.config_out):
+            if path and not os.access(osp.dirname(osp.abspath(path)), os.W_OK):
+                raise PermissionError(f'cannot write {path}: its folder is missing or not writable')
+        base = load_checkpoint_file(args.base, 'cpu')
+        upsample = load_checkpoint_file(args.upsample, 'cpu') if args.upsample else None
+        state_dict, model = convert_openai_checkpoint(base, upsample)
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    torch.save(dict(state_dict=state_dict, meta=dict(converted_from='openai glide-text2im')), args.out)
+    print(f'wrote {args.out} ({len(state_dict)} tensors)')
+    if args.config_out:
+        with open(args.config_out, 'w') as f:
+            f.write(config_text(model))
+        print(f'wrote {args.config_out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
