@@ -32,10 +32,18 @@ class CheckpointMismatchError(RuntimeError):
 
 
 def _safe_globals() -> list:
-    """Types found in mmengine Runner checkpoints that are safe to unpickle."""
+    """Types found in mmengine Runner checkpoints that are safe to unpickle.
+
+    ``getattr`` appears because a Runner's ``HistoryBuffer`` pickles its
+    statistics methods as ``getattr(HistoryBuffer, 'min')``; the weights-only
+    unpickler still refuses to *call* anything not on this list, so fetching
+    an attribute grants nothing more. ``_codecs.encode`` rebuilds numpy bytes.
+    """
+    import _codecs
+
     from mmengine.logging.history_buffer import HistoryBuffer
     safe = [HistoryBuffer, np.ndarray, np.dtype, np.core.multiarray._reconstruct,
-            np.core.multiarray.scalar]
+            np.core.multiarray.scalar, getattr, _codecs.encode]
     safe += [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')]
     return safe
 

@@ -1,4 +1,5 @@
 """Datasets of the GLIDE project."""
+from .prompt_set import PromptSetDataset, load_prompt_file
 from .shapes import (COLORS, KINDS, PALETTE, POSITIONS, RELATIONS, SIZES,
                      Scene, ShapesDataset, Shape, caption, is_held_out,
                      make_prompt_set, parse_caption, realize_scene,

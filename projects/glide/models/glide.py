@@ -83,7 +83,7 @@ class Glide(BaseModel):
         self.tokenizer = _build(MODELS, tokenizer)
         if not isinstance(self.tokenizer, GlideTokenizer):
             raise TypeError(f'tokenizer must build a GlideTokenizer, got {type(self.tokenizer).__name__}')
-        self.train_cfg = dict(stage='base', caption_dropout=0.2, **(train_cfg or {}))
+        self.train_cfg = {**dict(stage='base', caption_dropout=0.2), **(train_cfg or {})}
         self.test_cfg = dict(test_cfg or {})
         self.set_dtype('fp16' if use_fp16 else dtype)
         self._register_load_state_dict_pre_hook(self._check_checkpoint, with_module=False)

@@ -145,7 +145,8 @@ class TextAttentionBlock(nn.Module):
             ek, ev = kv.split(c // heads, dim=3)
             k = torch.cat([ek, k], dim=2)
             v = torch.cat([ev, v], dim=2)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, ch)
+        # fused kernels need unit stride on the channel axis
+        h = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
         h = self.proj_out(h.transpose(2, 3).reshape(b, c, -1))
         return x + h.reshape(b, c, *spatial)
 

@@ -1,0 +1,33 @@
+# The bundled default cascade: the tiny shapes base model plus a tiny
+# 64->256 upsampler trained on pairs of the same scenes drawn at 64 and 256.
+#   train (upsampler stage): python tools/train.py projects/glide/configs/glide_tiny_shapes-64-256.py --amp
+_base_ = ['./glide_tiny_shapes-64x64.py']
+
+model = dict(
+    unet_up=dict(
+        type='SuperResText2ImUNet',
+        image_size=256,
+        base_channels=32,
+        channel_mult=(1, 1, 2, 2),
+        resblocks_per_downsample=1,
+        attention_res=(),
+        num_head_channels=32,
+        dropout=0.0,
+        text_ctx={{_base_.text_ctx}},
+        xf_width=16,
+        xf_layers=1,
+        xf_heads=1),
+    diffusion_scheduler_up=dict(
+        type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='linear'),
+    train_cfg=dict(stage='upsampler'),
+    test_cfg=dict(guidance_scale=3., num_inference_steps=50, num_inference_steps_up='fast27'))
+
+train_dataloader = dict(
+    batch_size=32,
+    dataset=dict(type='ShapesDataset', split='train', size=200_000, seed=2, resolution=256,
+                 low_res=64))
+train_cfg = dict(max_iters=6000)
+test_dataloader = dict(
+    batch_size=16,
+    dataset=dict(type='ShapesDataset', split='held_out', size=256, seed=1, resolution=256,
+                 low_res=64))

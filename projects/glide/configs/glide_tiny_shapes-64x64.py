@@ -1,0 +1,68 @@
+# The bundled default model: a tiny GLIDE base model (same classes as the
+# full-size one) trained on the procedurally drawn "shapes" world.
+#   train: python tools/train.py projects/glide/configs/glide_tiny_shapes-64x64.py --amp
+#   test:  python tools/test.py projects/glide/configs/glide_tiny_shapes-64x64.py \
+#              projects/glide/weights/glide_tiny_shapes-64x64.pth
+custom_imports = dict(imports=['projects.glide'], allow_failed_imports=False)
+default_scope = 'mmagic'
+randomness = dict(seed=0)
+
+text_ctx = 32  # shapes captions are < 20 BPE tokens
+model = dict(
+    type='Glide',
+    unet=dict(
+        type='Text2ImUNet',
+        image_size=64,
+        base_channels=32,
+        channel_mult=(1, 2, 3),
+        resblocks_per_downsample=2,
+        attention_res=(32, 16),
+        num_head_channels=32,
+        dropout=0.0,
+        text_ctx=text_ctx,
+        xf_width=48,
+        xf_layers=2,
+        xf_heads=2),
+    diffusion_scheduler=dict(
+        type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='squaredcos_cap_v2'),
+    tokenizer=dict(type='GlideTokenizer', text_ctx=text_ctx),
+    train_cfg=dict(stage='base', caption_dropout=0.2),
+    test_cfg=dict(guidance_scale=3., num_inference_steps=50))
+
+# ---------------------------------------------------------------- training
+train_dataloader = dict(
+    batch_size=128,
+    num_workers=6,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='ShapesDataset', split='train', size=500_000, seed=0, resolution=64))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=12000, val_interval=10**9)
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=4e-4, weight_decay=0.0, betas=(0.9, 0.99)),
+    clip_grad=dict(max_norm=1.0))
+param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=500)]
+custom_hooks = [
+    dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.001, priority='NORMAL')
+]
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=100),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=1000, by_epoch=False, max_keep_ckpts=2),
+    sampler_seed=dict(type='DistSamplerSeedHook'))
+log_processor = dict(by_epoch=False)
+env_cfg = dict(cudnn_benchmark=True, dist_cfg=dict(backend='nccl'))
+
+# ----------------------------------------------------------------- testing
+# 256 held-out captions (shapes combinations never seen in training), scored
+# from the pixels by ShapesAccuracy.
+test_dataloader = dict(
+    batch_size=64,
+    num_workers=2,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='ShapesDataset', split='held_out', size=256, seed=1, resolution=64))
+test_evaluator = dict(type='ShapesAccuracy')
+test_cfg = dict(type='TestLoop')

@@ -1,0 +1,68 @@
+"""Shared test fixtures: reference tensors and converted tiny checkpoints."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get('GLIDE_SHARED', ROOT.parent / 'shared'))
+REFERENCE = SHARED / 'fixtures' / 'glide-reference'
+MANIFESTS = SHARED / 'fixtures' / 'manifests'
+
+if not REFERENCE.is_dir():
+    raise RuntimeError(f'reference fixtures not found at {REFERENCE}: the tests need the shared '
+                       'folder beside the checkout (or GLIDE_SHARED pointing at it)')
+
+
+@pytest.fixture(scope='session')
+def cases():
+    return torch.load(REFERENCE / 'cases.pt', weights_only=True)
+
+
+def run_tool(*args, check=True, **kwargs):
+    """Run a tool of this repo as a user would (``python tools/...``)."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+    return proc
+
+
+@pytest.fixture(scope='session')
+def converted(tmp_path_factory):
+    """openai-layout reference models converted by the converter tool.
+
+    Returns a dict name -> (config path, checkpoint path) for ``text2im``
+    (base + upsampler) and ``inpaint`` (base-inpaint + upsample-inpaint).
+    """
+    out = tmp_path_factory.mktemp('converted')
+    pairs = dict(text2im=('base.pt', 'upsample.pt'), inpaint=('base-inpaint.pt', 'upsample-inpaint.pt'))
+    result = {}
+    for name, (base, up) in pairs.items():
+        ckpt, cfg = out / f'{name}.pth', out / f'{name}.py'
+        run_tool('tools/model_converters/glide_openai_to_mmagic.py', '--base', REFERENCE / base,
+                 '--upsample', REFERENCE / up, '--out', ckpt, '--config-out', cfg)
+        result[name] = (str(cfg), str(ckpt))
+    return result
+
+
+@pytest.fixture(scope='session')
+def reference_model(converted):
+    """The tiny reference text2im cascade loaded through ``init_model``."""
+    from mmengine.registry import init_default_scope
+
+    from mmagic.apis import init_model
+    init_default_scope('mmagic')
+    return init_model(*converted['text2im'], device='cpu')
+
+
+@pytest.fixture(scope='session')
+def inpaint_model(converted):
+    from mmengine.registry import init_default_scope
+
+    from mmagic.apis import init_model
+    init_default_scope('mmagic')
+    return init_model(*converted['inpaint'], device='cpu')

@@ -1,0 +1,508 @@
+"""The command-line tools, driven as a user would (subprocesses), on the tiny
+configs with random-weight checkpoints and a few sampling steps.
+
+Also the engine pieces they use (image saver hook, grids, upsampler metric)
+in-process.
+"""
+import importlib.util
+import json
+import os
+import os.path as osp
+import re
+import socket
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = osp.join(REPO, 'projects', 'glide', 'configs')
+BASE_CFG = osp.join(CONFIGS, 'glide_tiny_shapes-64x64.py')
+CASCADE_CFG = osp.join(CONFIGS, 'glide_tiny_shapes-64-256.py')
+FAST = ['model.test_cfg.num_inference_steps=2', 'test_dataloader.batch_size=2',
+        'test_dataloader.num_workers=0']
+PROMPTS = [
+    'a red circle on a blue background',
+    'A green triangle at the top, white background.',  # held out
+    'hello world',  # outside the shapes grammar
+    'a yellow square below a red circle on a black background',  # held out
+    'a small blue square on the left against an orange background',
+]
+PNG_RE = re.compile(r'^(\d{5})_([a-z0-9-]+)\.png$')
+
+
+def env():
+    e = dict(os.environ)
+    e['PYTHONPATH'] = REPO + (os.pathsep + e['PYTHONPATH'] if e.get('PYTHONPATH') else '')
+    e.setdefault('OMP_NUM_THREADS', '2')
+    return e
+
+
+def run(args, cwd, timeout=240, extra_env=None):
+    e = env()
+    e.update(extra_env or {})
+    return subprocess.run(args, cwd=cwd, env=e, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def tool(name):
+    return osp.join(REPO, 'tools', name)
+
+
+def load_tool(name):
+    """Import tools/NAME.py as a module (for the fast in-process error paths)."""
+    spec = importlib.util.spec_from_file_location(f'glide_tool_{name}', tool(f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def saved_pngs(out_dir):
+    return sorted(f for f in os.listdir(out_dir) if PNG_RE.match(f))
+
+
+def png_meta(path):
+    with Image.open(path) as im:
+        im.load()
+        return dict(im.text)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def ckpts(tmp_path_factory):
+    """Random-weight checkpoints of both tiny configs."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import projects.glide  # noqa: F401
+    from mmagic.registry import MODELS
+    init_default_scope('mmagic')
+    d = tmp_path_factory.mktemp('ckpts')
+    paths = {}
+    torch.manual_seed(0)
+    for key, cfg_path in (('base', BASE_CFG), ('cascade', CASCADE_CFG)):
+        model = MODELS.build(Config.fromfile(cfg_path).model)
+        paths[key] = str(d / f'{key}.pth')
+        torch.save(dict(state_dict=model.state_dict()), paths[key])
+    return paths
+
+
+@pytest.fixture(scope='module')
+def txt_run(ckpts, tmp_path_factory):
+    """tools/test.py, one process, captions from a .txt file."""
+    d = tmp_path_factory.mktemp('txt_run')
+    prompt_file = d / 'prompts.txt'
+    prompt_file.write_text('\n'.join(PROMPTS[:3]) + '\n\n' + '\n'.join(PROMPTS[3:]) + '\n')
+    out_dir = d / 'pngs'
+    r = run([sys.executable, tool('test.py'), BASE_CFG, ckpts['base'], '--work-dir',
+             str(d / 'wd'), '--prompts', 'prompts.txt', '--out-dir', 'pngs',
+             '--cfg-options', *FAST], cwd=d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dict(dir=d, out_dir=str(out_dir), work_dir=str(d / 'wd'), result=r)
+
+
+# --------------------------------------------------------------- test.py
+def test_test_py_prompt_txt(txt_run):
+    out_dir = txt_run['out_dir']
+    names = saved_pngs(out_dir)
+    from projects.glide.engine import image_filename
+    assert names == [image_filename(i, p) for i, p in enumerate(PROMPTS)]
+    assert names[1] == '00001_a-green-triangle-at-the-top-white-background.png'
+    for i, name in enumerate(names):
+        path = osp.join(out_dir, name)
+        with Image.open(path) as im:
+            assert (im.size, im.mode) == ((64, 64), 'RGB')
+        meta = png_meta(path)
+        assert (meta['prompt'], meta['seed'], meta['index']) == (PROMPTS[i], str(i), str(i))
+    # grid: ceil(sqrt(5)) = 3 columns of 160 px cells (64 px images), 2 rows
+    with Image.open(osp.join(out_dir, 'grid.png')) as grid:
+        assert grid.size[0] == 3 * 160 + 4 * 4
+        assert grid.size[1] > 2 * 64 + 3 * 4
+    assert set(os.listdir(out_dir)) == set(names) | {'grid.png'}
+    metrics = json.load(open(osp.join(txt_run['work_dir'], 'metrics.json')))
+    assert metrics['shapes/unparsed/count'] == 1
+    assert metrics['shapes/held_out/count'] == 2
+    assert metrics['shapes/seen/count'] == 2
+    for key in ('seen/background', 'seen/shape_color', 'seen/shape_class', 'seen/size',
+                'seen/position', 'seen/shape_count', 'seen/all', 'held_out/relation'):
+        assert 0 <= metrics[f'shapes/{key}'] <= 100
+    assert 'metrics.json' in txt_run['result'].stdout
+
+
+def test_test_py_config_test_set_cascade(ckpts, tmp_path):
+    """Without --prompts: the 64-256 config's own test set (held-out shapes
+    drawn at 256 with their 64 px versions), scored by UpsamplerPSNR."""
+    r = run([sys.executable, tool('test.py'), CASCADE_CFG, ckpts['cascade'], '--work-dir', 'wd',
+             '--cfg-options', 'model.test_cfg.num_inference_steps=1',
+             'model.test_cfg.num_inference_steps_up=1', 'test_dataloader.batch_size=2',
+             'test_dataloader.num_workers=0', 'test_dataloader.dataset.size=2',
+             'test_evaluator.type=UpsamplerPSNR'], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from projects.glide.datasets import ShapesDataset
+    from projects.glide.engine import image_filename
+    ds = ShapesDataset('held_out', size=2, seed=1)
+    out_dir = tmp_path / 'wd' / 'images'
+    names = saved_pngs(out_dir)
+    assert names == [image_filename(i, ds.get_scene(i)[1]) for i in range(2)]
+    for name in names:
+        with Image.open(out_dir / name) as im:
+            assert im.size == (256, 256)
+    with Image.open(out_dir / 'grid.png') as grid:
+        assert grid.size[0] == 2 * 256 + 3 * 4
+    metrics = json.load(open(tmp_path / 'wd' / 'metrics.json'))
+    assert metrics['upsampler/count'] == 2
+    assert {'upsampler/model/psnr', 'upsampler/bicubic/psnr', 'upsampler/psnr_gain',
+            'upsampler/model/ssim', 'upsampler/bicubic/ssim',
+            'upsampler/mismatched_low_res'} <= set(metrics)
+    assert metrics['upsampler/bicubic/psnr'] > 15
+
+
+def test_dist_test_sh_saves_each_image_once(ckpts, txt_run, tmp_path):
+    """2 CPU processes (gloo) on a 5-caption .json set: DefaultSampler pads
+    rank 1 with item 0; it is neither saved again nor scored twice, and the
+    images equal the single-process ones (per-item seeds)."""
+    prompts = [p if i % 2 else dict(prompt=p, seed=i) for i, p in enumerate(PROMPTS)]
+    (tmp_path / 'prompts.json').write_text(json.dumps(prompts))
+    r = run(['bash', tool('dist_test.sh'), BASE_CFG, ckpts['base'], '2', '--work-dir', 'wd',
+             '--prompts', 'prompts.json', '--cfg-options', *FAST], cwd=tmp_path,
+            extra_env=dict(PORT=str(free_port()), PYTHON=sys.executable))
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    out_dir = tmp_path / 'wd' / 'images'
+    names = saved_pngs(out_dir)
+    assert names == saved_pngs(txt_run['out_dir'])
+    assert sorted(os.listdir(out_dir)) == sorted(names + ['grid.png'])
+    for i, name in enumerate(names):
+        meta = png_meta(out_dir / name)
+        # round robin: item i is rank i % 2's; rank 1's padded copy of item 0 is skipped
+        assert meta['rank'] == str(i % 2), (name, meta)
+        a = np.asarray(Image.open(out_dir / name), np.int16)
+        b = np.asarray(Image.open(osp.join(txt_run['out_dir'], name)), np.int16)
+        assert np.abs(a - b).mean() < 0.5, name
+    metrics = json.load(open(tmp_path / 'wd' / 'metrics.json'))
+    counts = [metrics[f'shapes/{g}/count'] for g in ('seen', 'held_out', 'unparsed')]
+    assert counts == [2, 2, 1]
+
+
+def test_test_py_mismatched_checkpoint(ckpts, tmp_path):
+    r = run([sys.executable, tool('test.py'), BASE_CFG, ckpts['cascade'], '--work-dir', 'wd',
+             '--cfg-options', *FAST, 'test_dataloader.dataset.size=2'], cwd=tmp_path)
+    assert r.returncode != 0
+    assert re.search(r'^error: checkpoint .*cascade.pth does not fit config', r.stderr, re.M)
+    assert 'unet_up' in r.stderr
+    assert not (tmp_path / 'wd' / 'images').exists()
+    assert not (tmp_path / 'wd' / 'metrics.json').exists()
+
+
+def test_test_py_missing_config_subprocess(tmp_path):
+    r = run([sys.executable, tool('test.py'), 'nope.py', 'nope.pth'], cwd=tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == ['error: config file not found: nope.py']
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope='module')
+def test_tool():
+    return load_tool('test')
+
+
+def _fails(mod, argv, capsys, match):
+    rc = mod.main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    assert re.search(match, lines[0]), lines[0]
+    return lines[0]
+
+
+def test_test_py_bad_input(test_tool, ckpts, tmp_path, capsys):
+    wd = str(tmp_path / 'wd')
+    common = ['--work-dir', wd]
+    _fails(test_tool, [BASE_CFG, str(tmp_path / 'x.pth')] + common, capsys,
+           'checkpoint file not found')
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    _fails(test_tool, [BASE_CFG, str(tmp_path / 'empty.pth')] + common, capsys,
+           'checkpoint file is empty')
+    (tmp_path / 'empty.txt').write_text('\n  \n')
+    _fails(test_tool, [BASE_CFG, ckpts['base'], '--prompts', str(tmp_path / 'empty.txt')]
+           + common, capsys, 'prompt file is empty')
+    _fails(test_tool, [BASE_CFG, ckpts['base'], '--prompts', str(tmp_path / 'none.txt')]
+           + common, capsys, 'prompt file not found')
+    (tmp_path / 'afile').write_text('x')
+    _fails(test_tool, [BASE_CFG, ckpts['base'], '--out-dir', str(tmp_path / 'afile' / 'imgs')]
+           + common, capsys, 'cannot create out dir .* is not a directory')
+    _fails(test_tool, [BASE_CFG, ckpts['base'], '--out-dir', str(tmp_path / 'afile')]
+           + common, capsys, 'exists and is not a directory')
+    _fails(test_tool, [BASE_CFG, ckpts['base'], '--work-dir', '/proc/glide_wd'],
+           capsys, 'not writable')
+    _fails(test_tool, [CONFIGS + '/glide_ddim-classifier-free_laion-64x64.py',
+                       ckpts['base']] + common, capsys, 'no test_dataloader.*--prompts')
+    if not torch.cuda.is_available():
+        _fails(test_tool, [BASE_CFG, ckpts['base'], '--cfg-options', 'device=cuda'] + common,
+               capsys, 'device=cuda asks for CUDA')
+        _fails(test_tool, [BASE_CFG, ckpts['base'], '--launcher', 'pytorch'] + common,
+               capsys, 'nccl.*env_cfg.dist_cfg.backend=gloo')
+    assert sorted(os.listdir(tmp_path)) == ['afile', 'empty.pth', 'empty.txt']
+
+
+def test_dist_test_sh_usage(tmp_path):
+    r = run(['bash', tool('dist_test.sh'), 'a.py'], cwd=tmp_path)
+    assert r.returncode == 2 and 'usage' in r.stderr
+    r = run(['bash', tool('dist_test.sh'), 'a.py', 'b.pth', 'two'], cwd=tmp_path)
+    assert r.returncode == 2 and 'NPROC must be a positive integer' in r.stderr
+
+
+# ---------------------------------------------------------- glide_demo.py
+def test_demo_cascade_grid(ckpts, tmp_path):
+    """Default config (the 64->256 cascade), two prompts, from another cwd."""
+    r = run([sys.executable, tool('glide_demo.py'), 'a red circle on a blue background',
+             'a green square on a white background', '--checkpoint', ckpts['cascade'],
+             '--steps', '1', '--steps-up', '1', '--device', 'cpu', '--out', 'grid.png'],
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'GLIDE base' in r.stderr and 'GLIDE upsampler' in r.stderr  # progress bars
+    with Image.open(tmp_path / 'grid.png') as im:
+        assert im.mode == 'RGB'
+        assert im.size[0] == 2 * 256 + 3 * 4  # two 256 px tiles side by side
+        assert 256 + 2 * 4 + 10 < im.size[1] < 256 + 80
+        assert im.text['prompts'].splitlines() == [
+            'a red circle on a blue background', 'a green square on a white background']
+
+
+def test_demo_inpainting_side_by_side(ckpts, tmp_path):
+    rgba = np.zeros((80, 80, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 255  # red, opaque
+    Image.fromarray(rgba, 'RGBA').save(tmp_path / 'in.png')
+    mask = np.full((80, 80), 255, np.uint8)
+    mask[20:60, 20:60] = 0  # regenerate the centre
+    Image.fromarray(mask).save(tmp_path / 'mask.png')
+    r = run([sys.executable, tool('glide_demo.py'), 'a blue square on a red background',
+             '--config', BASE_CFG, '--checkpoint', ckpts['base'], '--steps', '2',
+             '--batch-size', '2', '--image', 'in.png', '--mask', 'mask.png',
+             '--out', 'inpaint.png'], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'dropping the alpha channel' in r.stderr
+    out = np.asarray(Image.open(tmp_path / 'inpaint.png'))
+    assert out.shape[1] == 3 * 160 + 4 * 4  # source | mask | result
+    assert out.shape[0] > 2 * 64 + 3 * 4  # one row per result
+    x = [4 + c * (160 + 4) + 48 for c in range(3)]  # 64 px tiles centred in 160 px cells
+    source, shown_mask, result = (out[4:68, c:c + 64].astype(int) for c in x)
+    assert (source == [255, 0, 0]).all()
+    keep = np.asarray(Image.fromarray(mask).resize((64, 64), Image.NEAREST)) > 127
+    assert (shown_mask[keep] == 255).all() and (shown_mask[~keep] == 0).all()
+    assert np.abs(result - source)[keep].max() <= 1  # known region kept
+    assert np.abs(result - source)[~keep].mean() > 5  # the hole is generated
+
+
+@pytest.fixture(scope='module')
+def demo_tool():
+    return load_tool('glide_demo')
+
+
+def test_demo_bad_input(demo_tool, ckpts, tmp_path, capsys, monkeypatch):
+    out = ['--out', str(tmp_path / 'o.png')]
+    monkeypatch.setattr(demo_tool, 'DEFAULT_CHECKPOINT', str(tmp_path / 'w' / 'missing.pth'))
+    line = _fails(demo_tool, out, capsys, 'default weights .*missing.pth are missing')
+    assert 'tools/train.py' in line and '--checkpoint' in line
+    _fails(demo_tool, ['--checkpoint', str(tmp_path / 'no.pth')] + out, capsys,
+           'checkpoint file not found')
+    _fails(demo_tool, ['--config', str(tmp_path / 'no.py'), '--checkpoint', ckpts['base']]
+           + out, capsys, 'config file not found')
+    _fails(demo_tool, ['--checkpoint', ckpts['cascade'], '--out', str(tmp_path / 'd' / 'o.png')],
+           capsys, 'directory .* does not exist')
+    _fails(demo_tool, ['--checkpoint', ckpts['cascade'], '--out', str(tmp_path / 'o.jpg')],
+           capsys, 'must be a .png')
+    _fails(demo_tool, ['--checkpoint', ckpts['cascade'], '--image', 'x.png'] + out, capsys,
+           'needs both --image and --mask')
+    _fails(demo_tool, ['--checkpoint', ckpts['cascade'], '--image', str(tmp_path / 'x.png'),
+                       '--mask', str(tmp_path / 'y.png')] + out, capsys, '--image not found')
+    if not torch.cuda.is_available():
+        _fails(demo_tool, ['--checkpoint', ckpts['cascade'], '--device', 'cuda'] + out, capsys,
+               'no CUDA GPU')
+    _fails(demo_tool, ['--checkpoint', ckpts['cascade'], '--device', 'tpu'] + out, capsys,
+           'unknown device')
+    assert os.listdir(tmp_path) == []
+
+
+def test_demo_bad_inpaint_images(demo_tool, ckpts, tmp_path, capsys):
+    Image.new('RGB', (64, 64)).save(tmp_path / 'in.png')
+    Image.new('L', (32, 32)).save(tmp_path / 'small.png')
+    (tmp_path / 'junk.png').write_bytes(b'not a png')
+    common = ['--config', BASE_CFG, '--checkpoint', ckpts['base'], '--out',
+              str(tmp_path / 'o.png')]
+    _fails(demo_tool, common + ['--image', str(tmp_path / 'in.png'), '--mask',
+                                str(tmp_path / 'small.png')], capsys, 'same size')
+    _fails(demo_tool, common + ['--image', str(tmp_path / 'junk.png'), '--mask',
+                                str(tmp_path / 'small.png')], capsys, 'not a readable image')
+    assert not (tmp_path / 'o.png').exists()
+
+
+def test_demo_subprocess_cuda_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    r = run([sys.executable, tool('glide_demo.py'), '--device', 'cuda', '--checkpoint',
+             __file__, '--out', 'o.png'], cwd=tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1].startswith('error: --device cuda asks for CUDA')
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------- train.py
+def test_train_then_resume(tmp_path):
+    opts = ['train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False', 'default_hooks.checkpoint.interval=2',
+            'default_hooks.logger.interval=1']
+    r = run([sys.executable, tool('train.py'), BASE_CFG, '--work-dir', 'wd', '--cfg-options',
+             'train_cfg.max_iters=4', *opts], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / 'wd' / 'iter_4.pth').is_file()
+    r = run([sys.executable, tool('train.py'), BASE_CFG, '--work-dir', 'wd', '--resume',
+             '--cfg-options', 'train_cfg.max_iters=6', *opts], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'resumed epoch: 0, iter: 4' in r.stdout + r.stderr
+    from projects.glide.checkpoint import load_checkpoint_file
+    ckpt = load_checkpoint_file(str(tmp_path / 'wd' / 'iter_6.pth'))
+    assert ckpt['meta']['iter'] == 6
+    assert 'ema_state_dict' in ckpt
+
+
+def test_dist_train_sh_two_cpu_processes(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('checks the CPU-only (gloo) path')
+    if 'setup_cpu_distributed' not in open(tool('train.py')).read():
+        pytest.skip('tools/train.py does not call setup_cpu_distributed yet')
+    r = run(['bash', tool('dist_train.sh'), BASE_CFG, '2', '--work-dir', 'wd', '--cfg-options',
+             'train_cfg.max_iters=2', 'train_dataloader.batch_size=2',
+             'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+             'default_hooks.checkpoint.interval=2'], cwd=tmp_path,
+            extra_env=dict(PORT=str(free_port()), PYTHON=sys.executable))
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert (tmp_path / 'wd' / 'iter_2.pth').is_file()
+
+
+def test_train_missing_config(tmp_path):
+    r = run([sys.executable, tool('train.py'), 'nope.py'], cwd=tmp_path)
+    assert r.returncode != 0 and 'config file not found' in r.stderr
+
+
+# ------------------------------------------------ engine pieces (in-process)
+class _Logger:
+    def info(self, msg):
+        pass
+
+    warning = info
+
+
+def test_saver_hook_skips_sampler_padding(tmp_path, monkeypatch):
+    """Two simulated ranks over 5 items, batches of 2: rank 1's padded copy
+    of item 0 is not saved; rank 0 builds the grid from the files."""
+    from mmengine.dataset import DefaultSampler
+    import mmengine.dataset.sampler as sampler_mod
+
+    from projects.glide.datasets import PromptSetDataset
+    from projects.glide.engine import hooks as hooks_mod
+    ds = PromptSetDataset(prompts=PROMPTS)
+    monkeypatch.setattr(hooks_mod, 'barrier', lambda: None)
+    saved = {}
+    for rank in (1, 0):  # rank 0 last: it writes the grid
+        monkeypatch.setattr(sampler_mod, 'get_dist_info', lambda r=rank: (r, 2))
+        monkeypatch.setattr(hooks_mod, 'get_dist_info', lambda r=rank: (r, 2))
+        sampler = DefaultSampler(ds, shuffle=False)
+        order = list(sampler)
+        assert order == ([0, 2, 4] if rank == 0 else [1, 3, 0])
+        runner = types.SimpleNamespace(
+            work_dir=str(tmp_path), timestamp='20240101_000000', logger=_Logger(),
+            test_dataloader=types.SimpleNamespace(dataset=ds, sampler=sampler))
+        hook = hooks_mod.GlideImageSaverHook(out_dir=str(tmp_path / 'imgs'))
+        hook.before_test(runner)
+        for b in range(0, len(order), 2):
+            items = [dict(ds[i], image=torch.full((3, 8, 8), 40 * i, dtype=torch.uint8))
+                     for i in order[b:b + 2]]
+            hook.after_test_iter(runner, b // 2, None, items)
+        hook.after_test_epoch(runner)
+        saved[rank] = hook.saved
+    assert [n[:5] for n in saved[0]] == ['00000', '00002', '00004']
+    assert [n[:5] for n in saved[1]] == ['00001', '00003']
+    names = saved_pngs(tmp_path / 'imgs')
+    assert len(names) == 5
+    for i, name in enumerate(names):
+        assert png_meta(tmp_path / 'imgs' / name)['rank'] == str(i % 2)
+    assert (tmp_path / 'imgs' / 'grid.png').is_file()
+
+
+def test_grid_ignores_stale_files_of_other_runs(tmp_path):
+    from projects.glide.engine import GlideImageSaverHook, save_png
+    from projects.glide.datasets import PromptSetDataset
+    out = tmp_path / 'imgs'
+    out.mkdir()
+    save_png(np.zeros((8, 8, 3), np.uint8), str(out / '00001_old-prompt.png'),
+             dict(prompt='old prompt', glide_run='older'))
+    ds = PromptSetDataset(prompts=['p0'])
+    runner = types.SimpleNamespace(
+        work_dir=str(tmp_path), timestamp='now', logger=_Logger(),
+        test_dataloader=types.SimpleNamespace(dataset=ds, sampler=None))
+    hook = GlideImageSaverHook(out_dir=str(out), grid_ncols=1)
+    hook.before_test(runner)
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    hook.after_test_iter(runner, 0, None, [dict(ds[0], image=image)])
+    hook.after_test_epoch(runner)
+    with Image.open(out / 'grid.png') as grid:
+        assert grid.size[0] == 160 + 2 * 4  # one tile only: the stale one is left out
+
+
+def test_prompt_slug_and_filename():
+    from projects.glide.engine import image_filename, prompt_slug
+    slug = prompt_slug('A Red  circle, on a BLUE background!')
+    assert slug == 'a-red-circle-on-a-blue-background'
+    assert prompt_slug('¡¿') == 'prompt'
+    assert prompt_slug('café') == 'cafe'
+    long = prompt_slug(' '.join(['word'] * 40))
+    assert len(long) <= 60 and not long.endswith('-')
+    assert image_filename(7, 'x/y') == '00007_x-y.png'
+
+
+def test_upsampler_psnr_model_vs_bicubic():
+    from mmagic.registry import METRICS
+    from projects.glide.datasets import ShapesDataset
+    from projects.glide.engine import psnr, ssim
+    import projects.glide.engine  # noqa: F401
+    ds = ShapesDataset('seen', size=2, seed=0, resolution=256, low_res=64)
+    metric = METRICS.build(dict(type='UpsamplerPSNR'))
+    items = []
+    for i in range(2):
+        item = ds[i]
+        item['image'] = ((item['img'] + 1) * 127.5).round().to(torch.uint8)  # perfect model
+        items.append(item)
+    metric.process(None, items)
+    res = metric.compute_metrics(metric.results)
+    assert res['model/psnr'] == 100.0 and res['model/ssim'] == pytest.approx(1.0)
+    assert 15 < res['bicubic/psnr'] < 60 and 0 < res['bicubic/ssim'] < 1
+    assert res['psnr_gain'] == pytest.approx(100.0 - res['bicubic/psnr'])
+    assert res['count'] == 2 and res['mismatched_low_res'] == 0
+    # a model that outputs bicubic scores exactly like bicubic
+    import torch.nn.functional as F
+    metric2 = METRICS.build(dict(type='UpsamplerPSNR'))
+    item = ds[0]
+    low = ((item['low_res'] + 1) * 127.5).round() / 255
+    bic = F.interpolate(low[None].double(), size=(256, 256), mode='bicubic',
+                        align_corners=False)[0].clamp(0, 1)
+    item['image'] = (bic * 255).round().to(torch.uint8)
+    item['low_res_image'] = torch.zeros(3, 64, 64, dtype=torch.uint8)  # a different input
+    metric2.process(None, [item])
+    res2 = metric2.compute_metrics(metric2.results)
+    assert res2['model/psnr'] == pytest.approx(res2['bicubic/psnr'])
+    assert res2['mismatched_low_res'] == 1
+    a = torch.rand(3, 32, 32, dtype=torch.float64)
+    assert ssim(a, a) == pytest.approx(1.0) and psnr(a, a) == 100.0
+    assert psnr(torch.zeros(3, 4, 4), torch.ones(3, 4, 4)) == pytest.approx(0.0)
+    with pytest.raises(KeyError, match='img'):
+        metric2.process(None, [dict(image=item['image'], low_res=item['low_res'])])

@@ -1,0 +1,297 @@
+"""Text to image with GLIDE: prompts in, one captioned PNG grid out.
+
+    python tools/glide_demo.py "PROMPT" ["PROMPT" ...] [--config C]
+        [--checkpoint P] [--batch-size N] [--seed S] [--guidance-scale G]
+        [--steps N] [--steps-up N] [--out out.png] [--device cpu|cuda]
+        [--image in.png --mask mask.png]
+
+Defaults: the bundled tiny shapes cascade
+(projects/glide/configs/glide_tiny_shapes-64-256.py with
+projects/glide/weights/glide_tiny_shapes-64-256.pth), the prompt
+'a red circle above a blue square on a yellow background', one image per
+prompt, seed 0 (prompt i uses seed S + i), the config's test_cfg for
+guidance and steps, cuda when available.
+
+Inpainting: ``--image in.png --mask mask.png`` (mask white = keep,
+thresholded at 0.5; both resized to the model's base size) regenerates the
+black part of the mask from the prompt; the output shows source, mask and
+result side by side, one row per result.
+"""
+import argparse
+import math
+import os
+import os.path as osp
+import sys
+import tempfile
+import warnings
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+DEFAULT_PROMPT = 'a red circle above a blue square on a yellow background'
+DEFAULT_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs',
+                          'glide_tiny_shapes-64-256.py')
+DEFAULT_CHECKPOINT = osp.join(REPO_ROOT, 'projects', 'glide', 'weights',
+                              'glide_tiny_shapes-64-256.pth')
+
+
+class UsageError(Exception):
+    """Bad input found before generating anything."""
+
+
+def _steps(text: str):
+    """'50' -> 50; respacing specs ('ddim50', 'fast27', '10,10,3') stay str."""
+    text = str(text).strip()
+    if text.isdigit():
+        if int(text) < 1:
+            raise argparse.ArgumentTypeError('steps must be >= 1')
+        return int(text)
+    if not text:
+        raise argparse.ArgumentTypeError('empty steps spec')
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not an integer: {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not an integer: {text!r}') from None
+    if not 0 <= value < 2**62:
+        raise argparse.ArgumentTypeError(f'seed must be in [0, 2**62), got {value}')
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='GLIDE text to image: prompts in, a captioned PNG grid out')
+    parser.add_argument('prompts', nargs='*', help=f'prompts (default: {DEFAULT_PROMPT!r})')
+    parser.add_argument('--config', default=None,
+                        help='model config (default: the tiny shapes 64->256 cascade)')
+    parser.add_argument('--checkpoint', default=None,
+                        help='weights (default: '
+                        'projects/glide/weights/glide_tiny_shapes-64-256.pth)')
+    parser.add_argument('--batch-size', type=_positive_int, default=1,
+                        help='images per prompt (default 1)')
+    parser.add_argument('--seed', type=_seed, default=0,
+                        help='seed of the first prompt; prompt i uses seed+i (default 0)')
+    parser.add_argument('--guidance-scale', type=float, default=None,
+                        help="classifier-free guidance scale (default: the config's)")
+    parser.add_argument('--steps', type=_steps, default=None,
+                        help="base sampling steps, e.g. 50 or ddim50 (default: the config's)")
+    parser.add_argument('--steps-up', type=_steps, default=None,
+                        help="upsampler steps, e.g. fast27 (default: the config's)")
+    parser.add_argument('--out', default='glide_demo.png',
+                        help='output PNG (default glide_demo.png)')
+    parser.add_argument('--device', default=None,
+                        help='cpu, cuda or cuda:N (default: cuda when available)')
+    parser.add_argument('--image', help='inpainting: source image')
+    parser.add_argument('--mask', help='inpainting: mask image (white = keep)')
+    return parser.parse_args(argv)
+
+
+def _check_out(path: str) -> str:
+    path = osp.abspath(path)
+    if not path.lower().endswith('.png'):
+        raise UsageError(f'--out must be a .png file, got {path}')
+    if osp.isdir(path):
+        raise UsageError(f'--out {path} is a directory')
+    parent = osp.dirname(path)
+    if not osp.isdir(parent):
+        raise UsageError(f'cannot write --out {path}: directory {parent} does not exist')
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise UsageError(f'cannot write --out {path}: {err.strerror or err}') from None
+    if osp.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f'cannot write --out {path}: the file is not writable')
+    return path
+
+
+def _check_input_file(path: str, what: str) -> str:
+    if not osp.exists(path):
+        raise UsageError(f'{what} not found: {path}')
+    if not osp.isfile(path):
+        raise UsageError(f'{what} is not a file: {path}')
+    return path
+
+
+def _open_image(path: str, what: str):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise UsageError(f'{what} {path} is not a readable image ({err})') from None
+
+
+def open_inpaint_inputs(image_path: str, mask_path: str):
+    """Open the source image and the mask; they must be readable images of
+    the same size."""
+    img = _open_image(image_path, '--image')
+    mask = _open_image(mask_path, '--mask')
+    if img.size != mask.size:
+        raise UsageError(f'--image is {img.size[0]}x{img.size[1]} but --mask is '
+                         f'{mask.size[0]}x{mask.size[1]}: they must have the same size')
+    return img, mask
+
+
+def load_inpaint_inputs(image_path: str, mask_path: str, size: int):
+    """Source (1, 3, size, size) in [-1, 1] and mask (1, 1, size, size) in
+    {0, 1} (1 = keep), plus notes for the user."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    notes = []
+    img, mask = open_inpaint_inputs(image_path, mask_path)
+    has_alpha = img.mode in ('RGBA', 'LA', 'PA') or (
+        img.mode == 'P' and 'transparency' in img.info)
+    if has_alpha:
+        notes.append(f'note: dropping the alpha channel of {image_path} (the image is used as RGB)')
+    if img.size[0] != img.size[1]:
+        notes.append(f'note: {image_path} is {img.size[0]}x{img.size[1]}, not square; '
+                     f'it is stretched to {size}x{size}')
+    img = img.convert('RGB')
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    if mask.mode in ('RGBA', 'LA', 'PA'):
+        mask = mask.convert('RGBA').convert('RGB')
+    mask = mask.convert('L')
+    if mask.size != (size, size):
+        mask = mask.resize((size, size), Image.NEAREST)
+    img_t = torch.from_numpy(np.asarray(img, np.float32).transpose(2, 0, 1).copy())
+    img_t = (img_t / 127.5 - 1)[None]
+    mask_t = (torch.from_numpy(np.asarray(mask, np.float32) / 255) > 0.5).float()[None, None]
+    if mask_t.min() == 1:
+        notes.append('note: the mask is all white (keep everything): nothing will be inpainted')
+    if mask_t.max() == 0:
+        notes.append('note: the mask is all black: the whole image is regenerated')
+    return img_t, mask_t, notes
+
+
+def _default_device() -> str:
+    import torch
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
+    from projects.glide.engine.devices import DeviceError, check_device
+    prompts = [' '.join(p.split()) for p in args.prompts] or [DEFAULT_PROMPT]
+    if any(not p for p in prompts):
+        raise UsageError('empty prompt')
+    config = args.config or DEFAULT_CONFIG
+    _check_input_file(config, 'config file')
+    if args.checkpoint is None:
+        if not osp.isfile(DEFAULT_CHECKPOINT):
+            raise UsageError(f'default weights {DEFAULT_CHECKPOINT} are missing (not trained or '
+                             'downloaded yet): train them with tools/train.py '
+                             f'{osp.relpath(DEFAULT_CONFIG, os.getcwd())} or pass --checkpoint')
+        checkpoint = DEFAULT_CHECKPOINT
+    else:
+        checkpoint = _check_input_file(args.checkpoint, 'checkpoint file')
+    if (args.image is None) != (args.mask is None):
+        raise UsageError('inpainting needs both --image and --mask')
+    if args.image is not None:
+        _check_input_file(args.image, '--image')
+        _check_input_file(args.mask, '--mask')
+        open_inpaint_inputs(args.image, args.mask)
+    try:
+        device = check_device(args.device) if args.device else _default_device()
+    except DeviceError as err:
+        raise UsageError(str(err)) from None
+    out = _check_out(args.out)
+
+    import torch
+    from mmengine.registry import init_default_scope
+
+    from projects.glide.checkpoint import CheckpointMismatchError
+    from projects.glide.engine.grid import captioned_grid, save_png
+    init_default_scope('mmagic')
+    with warnings.catch_warnings():  # mmagic.apis imports many optional packages
+        warnings.simplefilter('ignore')
+        from mmagic.apis import init_model
+    try:
+        model = init_model(config, checkpoint, device=device)
+    except CheckpointMismatchError as err:
+        details = str(err).split('\n', 1)[-1]
+        raise UsageError(f'checkpoint {checkpoint} does not fit config {config}\n{details}') \
+            from None
+    except (FileNotFoundError, RuntimeError) as err:
+        if 'checkpoint' not in str(err):
+            raise
+        raise UsageError(str(err)) from None
+
+    test_cfg = dict(getattr(model, 'test_cfg', None) or {})
+    kwargs = dict(
+        guidance_scale=args.guidance_scale if args.guidance_scale is not None
+        else test_cfg.get('guidance_scale', 3.),
+        num_inference_steps=args.steps if args.steps is not None
+        else test_cfg.get('num_inference_steps', 50),
+        num_inference_steps_up=args.steps_up if args.steps_up is not None
+        else test_cfg.get('num_inference_steps_up', 'fast27'),
+        show_progress=True)
+    if 'upsample_temp' in test_cfg:
+        kwargs['upsample_temp'] = test_cfg['upsample_temp']
+
+    inpaint = None
+    if args.image is not None:
+        size = model.unet.image_size
+        image, mask, notes = load_inpaint_inputs(args.image, args.mask, size)
+        for note in notes:
+            print(note, file=sys.stderr)
+        inpaint = dict(inpaint_image=image, inpaint_mask=mask)
+
+    n = args.batch_size
+    images, captions = [], []
+    for i, prompt in enumerate(prompts):
+        seed = args.seed + i
+        print(f'[{i + 1}/{len(prompts)}] {prompt!r} (seed {seed}, {n} image(s))',
+              file=sys.stderr, flush=True)
+        result = model.infer(prompt=[prompt] * n, batch_size=n, seed=seed,
+                             **kwargs, **(inpaint or {}))
+        for k, sample in enumerate(result['samples']):
+            images.append(sample.float().cpu())
+            captions.append(prompt if n == 1 else f'{prompt} [{k + 1}]')
+
+    if inpaint is None:
+        ncols = n if n > 1 else math.ceil(math.sqrt(len(images)))
+        grid = captioned_grid(images, captions, ncols=ncols)
+    else:
+        side = images[0].shape[-1]
+        source = torch.nn.functional.interpolate(
+            inpaint['inpaint_image'], size=(side, side), mode='nearest')[0]
+        mask = torch.nn.functional.interpolate(
+            inpaint['inpaint_mask'], size=(side, side), mode='nearest')[0]
+        mask = mask.expand(3, -1, -1) * 2 - 1
+        tiles, caps = [], []
+        for img, cap in zip(images, captions):
+            tiles += [source, mask, img]
+            caps += ['source', 'mask (white = keep)', cap]
+        grid = captioned_grid(tiles, caps, ncols=3)
+    save_png(grid, out, dict(prompts='\n'.join(prompts), seed=str(args.seed)))
+    print(f'wrote {out} ({grid.size[0]}x{grid.size[1]}, {len(images)} image(s))')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
