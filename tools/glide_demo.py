@@ -31,9 +31,9 @@ if REPO_ROOT not in sys.path:
 
 DEFAULT_PROMPT = 'a red circle above a blue square on a yellow background'
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs',
-                          'glide_tiny_shapes-64-256.py')
+                          'glide_tiny_shapes-64x64.py')
 DEFAULT_CHECKPOINT = osp.join(REPO_ROOT, 'projects', 'glide', 'weights',
-                              'glide_tiny_shapes-64-256.pth')
+                              'glide_tiny_shapes-64x64.pth')
 
 
 class UsageError(Exception):

@@ -54,6 +54,12 @@ def main(argv=None) -> int:
             print(f'error: checkpoint not found: {args.resume}', file=sys.stderr)
             return 1
         cfg.resume, cfg.load_from = True, args.resume
+    from projects.glide.engine.devices import DeviceError, setup_cpu_distributed
+    try:
+        setup_cpu_distributed(cfg, args.launcher)
+    except DeviceError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     runner = Runner.from_cfg(cfg)
     runner.train()
     return 0

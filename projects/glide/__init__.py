@@ -8,3 +8,4 @@ from . import checkpoint  # noqa: F401  (registers the local checkpoint loader)
 from .models import *  # noqa: F401,F403
 from .datasets import *  # noqa: F401,F403
 from .evaluation import *  # noqa: F401,F403
+from .engine import *  # noqa: F401,F403

@@ -16,7 +16,7 @@ model = dict(
         base_channels=32,
         channel_mult=(1, 2, 3),
         resblocks_per_downsample=2,
-        attention_res=(32, 16),
+        attention_res=(16, ),
         num_head_channels=32,
         dropout=0.0,
         text_ctx=text_ctx,
@@ -31,26 +31,26 @@ model = dict(
 
 # ---------------------------------------------------------------- training
 train_dataloader = dict(
-    batch_size=128,
-    num_workers=6,
+    batch_size=16,
+    num_workers=1,
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
     dataset=dict(type='ShapesDataset', split='train', size=500_000, seed=0, resolution=64))
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=12000, val_interval=10**9)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=100_000, val_interval=10**9)
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=4e-4, weight_decay=0.0, betas=(0.9, 0.99)),
     clip_grad=dict(max_norm=1.0))
-param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=500)]
+param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200)]
 custom_hooks = [
-    dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.001, priority='NORMAL')
+    dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.005, priority='NORMAL')
 ]
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1000, by_epoch=False, max_keep_ckpts=2),
+    checkpoint=dict(type='CheckpointHook', interval=200, by_epoch=False, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 log_processor = dict(by_epoch=False)
 env_cfg = dict(cudnn_benchmark=True, dist_cfg=dict(backend='nccl'))

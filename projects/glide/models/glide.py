@@ -9,6 +9,7 @@ low-resolution sample quantised to 8 bits and the start noise scaled by
 with the source image (the reference's ``denoised_fn``).
 """
 import copy
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -95,6 +96,20 @@ class Glide(BaseModel):
             if unet is not None:
                 unet.set_dtype(dtype)
         return self
+
+    def to(self, *args, **kwargs) -> 'Glide':
+        """``nn.Module.to``, except that a CUDA device on a machine without
+        CUDA keeps the model on the CPU with a warning: ``mmagic.apis.init_model``
+        moves models to ``'cuda:0'`` by default, which would otherwise make
+        ``init_model(config, ckpt).cpu()`` fail on CPU-only machines.
+        (``.cuda()`` itself still fails loudly there.)"""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None and device.type == 'cuda' and not torch.cuda.is_available():
+            warnings.warn(f'{device} was requested but CUDA is not available: the GLIDE model '
+                          'stays on the CPU (pass device="cpu" to init_model to silence this)')
+            args = tuple(a for a in args if not isinstance(a, (str, torch.device)))
+            kwargs.pop('device', None)
+        return super().to(*args, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -399,7 +414,9 @@ class Glide(BaseModel):
         Each item's start noise comes from its own seed (``seed``, else
         ``index``, else its row), so results do not depend on batching or on
         how a prompt set is split across processes. Sampling options come
-        from ``test_cfg``.
+        from ``test_cfg``; with ``test_cfg.upsample_given_low_res=True`` the
+        base stage is skipped and the upsampler upsamples the batch's
+        ``low_res`` images (to score the upsampler alone against references).
 
         Returns:
             list[dict]: per item ``prompt``, ``seed``, ``image`` (3, H, W)
@@ -409,17 +426,28 @@ class Glide(BaseModel):
         prompts = list(batch['prompt'])
         b = len(prompts)
         seeds = [int(s) for s in batch.get('seed', batch.get('index', range(b)))]
-        size = self.unet.image_size
-        x_t = torch.stack([torch.randn(3, size, size, generator=torch.Generator().manual_seed(s))
-                           for s in seeds]).to(self.device)
         cfg = dict(self.test_cfg)
+        given_low_res = cfg.pop('upsample_given_low_res', False)
+
+        def noise(size, offset, scale=1.):
+            return torch.stack([
+                torch.randn(3, size, size, generator=torch.Generator().manual_seed(s + offset))
+                for s in seeds]).to(self.device) * scale
+
         if self.unet_up is not None:
-            up = self.unet_up.image_size
-            temp = cfg.get('upsample_temp', 0.997)
-            cfg['init_image_up'] = torch.stack([
-                torch.randn(3, up, up, generator=torch.Generator().manual_seed(s + 1)) * temp
-                for s in seeds]).to(self.device)
-        result = self.infer(init_image=x_t, prompt=prompts, batch_size=b, **cfg)
+            cfg['init_image_up'] = noise(self.unet_up.image_size, 1, cfg.get('upsample_temp', 0.997))
+        if given_low_res:
+            if self.unet_up is None or 'low_res' not in batch:
+                raise ValueError('test_cfg.upsample_given_low_res needs a model with an upsampler '
+                                 'and a test set that provides low_res images')
+            low_res = batch['low_res'].to(self.device, torch.float32)
+            result = self.infer_up(low_res, b, cfg['init_image_up'], prompts,
+                                   cfg.get('num_inference_steps_up', 'fast27'),
+                                   cfg.get('show_progress', False))
+            result['low_res'] = quantize_8bit(low_res)
+        else:
+            result = self.infer(init_image=noise(self.unet.image_size, 0), prompt=prompts,
+                                batch_size=b, **cfg)
         images = to_uint8(result['samples'])
         low = to_uint8(result['low_res']) if 'low_res' in result else None
         items = []
