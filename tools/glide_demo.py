@@ -36,8 +36,7 @@ DEFAULT_CHECKPOINT = osp.join(REPO_ROOT, 'projects', 'glide', 'weights',
                               'glide_tiny_shapes-64x64.pth')
 
 
-class UsageError(Exception):
-    """Bad input found before generating anything."""
+from projects.glide.engine.cli_checks import UsageError, check_file  # noqa: E402
 
 
 def _steps(text: str):
@@ -118,14 +117,6 @@ def _check_out(path: str) -> str:
     return path
 
 
-def _check_input_file(path: str, what: str) -> str:
-    if not osp.exists(path):
-        raise UsageError(f'{what} not found: {path}')
-    if not osp.isfile(path):
-        raise UsageError(f'{what} is not a file: {path}')
-    return path
-
-
 def _open_image(path: str, what: str):
     from PIL import Image, UnidentifiedImageError
     try:
@@ -200,7 +191,7 @@ def run(args) -> int:
     if any(not p for p in prompts):
         raise UsageError('empty prompt')
     config = args.config or DEFAULT_CONFIG
-    _check_input_file(config, 'config file')
+    check_file(config, 'config file')
     if args.checkpoint is None:
         if not osp.isfile(DEFAULT_CHECKPOINT):
             raise UsageError(f'default weights {DEFAULT_CHECKPOINT} are missing (not trained or '
@@ -208,12 +199,12 @@ def run(args) -> int:
                              f'{osp.relpath(DEFAULT_CONFIG, os.getcwd())} or pass --checkpoint')
         checkpoint = DEFAULT_CHECKPOINT
     else:
-        checkpoint = _check_input_file(args.checkpoint, 'checkpoint file')
+        checkpoint = check_file(args.checkpoint, 'checkpoint file')
     if (args.image is None) != (args.mask is None):
         raise UsageError('inpainting needs both --image and --mask')
     if args.image is not None:
-        _check_input_file(args.image, '--image')
-        _check_input_file(args.mask, '--mask')
+        check_file(args.image, '--image')
+        check_file(args.mask, '--mask')
         open_inpaint_inputs(args.image, args.mask)
     try:
         device = check_device(args.device) if args.device else _default_device()

@@ -29,7 +29,6 @@ import json
 import os
 import os.path as osp
 import sys
-import tempfile
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -37,9 +36,7 @@ if REPO_ROOT not in sys.path:
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-
-class UsageError(Exception):
-    """Bad input found before the run starts."""
+from projects.glide.engine.cli_checks import UsageError, check_file, check_writable_dir  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -70,38 +67,6 @@ def error(msg: str) -> int:
     if _is_main():
         print(f'error: {msg}', file=sys.stderr, flush=True)
     return 1
-
-
-def check_writable_dir(path: str, what: str) -> str:
-    """Make sure ``path`` is, or can be created as, a writable directory,
-    without creating anything."""
-    path = osp.abspath(path)
-    if osp.exists(path):
-        if not osp.isdir(path):
-            raise UsageError(f'{what} {path} exists and is not a directory')
-        probe = path
-    else:
-        probe = osp.dirname(path)
-        while not osp.exists(probe):
-            probe = osp.dirname(probe)
-        if not osp.isdir(probe):
-            raise UsageError(f'cannot create {what} {path}: {probe} is not a '
-                             'directory')
-    try:
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as err:
-        raise UsageError(f'{what} {path} is not writable ({err.strerror or err})')
-    return path
-
-
-def check_file(path: str, what: str) -> str:
-    if not osp.exists(path):
-        raise UsageError(f'{what} not found: {path}')
-    if not osp.isfile(path):
-        raise UsageError(f'{what} is not a file: {path}')
-    if osp.getsize(path) == 0:
-        raise UsageError(f'{what} is empty: {path}')
-    return osp.abspath(path)
 
 
 def prepare_config(args) -> Config:
@@ -193,7 +158,6 @@ def main(argv=None) -> int:
             return error(str(err))
         raise
 
-    import projects.glide.engine  # noqa: F401  (registers the hook/metric)
     from mmengine.runner import Runner
 
     from projects.glide.checkpoint import CheckpointMismatchError

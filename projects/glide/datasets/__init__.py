@@ -10,5 +10,5 @@ __all__ = [
     'COLORS', 'KINDS', 'PALETTE', 'POSITIONS', 'RELATIONS', 'SIZES', 'Scene',
     'Shape', 'ShapesDataset', 'caption', 'is_held_out', 'make_prompt_set',
     'parse_caption', 'realize_scene', 'render_scene', 'sample_scene',
-    'scene_from_caption', 'write_prompt_file'
+    'scene_from_caption', 'write_prompt_file', 'PromptSetDataset', 'load_prompt_file'
 ]
