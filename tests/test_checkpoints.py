@@ -45,6 +45,23 @@ def test_full_size_configs_match_released_layout(config, manifests):
     assert sum(v.numel() for v in model.unet.parameters()) == 385_030_726
 
 
+@pytest.mark.parametrize('config,manifests', [
+    ('glide_ddim-classifier-free_laion-inpaint-64x64.py', ['openai-base-inpaint']),
+    ('glide_ddim-classifier-free_laion-inpaint-64-256.py',
+     ['openai-base-inpaint', 'openai-upsample-inpaint']),
+])
+def test_inpaint_configs_match_released_layout(config, manifests):
+    """openai's inpainting files, renamed like the text2im ones."""
+    model = build_meta(CONFIGS / config)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {}
+    for name, prefix in zip(manifests, ('unet.', 'unet_up.')):
+        data = json.loads((MANIFESTS / f'{name}.json').read_text())
+        expected.update({prefix + openai_key_to_mmagic(k): tuple(v)
+                         for k, v in data['state_dict'].items()})
+    assert ours == expected
+
+
 @pytest.mark.parametrize('name,unet_type', [
     ('openai-base-inpaint', 'InpaintText2ImUNet'),
     ('openai-upsample-inpaint', 'SuperResInpaintText2ImUNet'),
@@ -183,3 +200,25 @@ def test_runner_checkpoint_with_numpy_meta_loads(converted, text2im_state, tmp_p
                                                          hub=dict(loss=buf))), path)
     model = init_model(converted['text2im'][0], str(path), device='cpu')
     assert torch.equal(model.unet.out.conv.weight, text2im_state['unet.out.conv.weight'])
+
+
+def test_publish_tool_keeps_weights_only(converted, text2im_state, tmp_path):
+    base = {k: v for k, v in text2im_state.items() if k.startswith('unet.')}
+    up = {k: v + 1 for k, v in text2im_state.items() if k.startswith('unet_up.')}
+    torch.save(dict(state_dict=base, ema_state_dict={'steps': torch.tensor(3)},
+                    meta=dict(iter=5)), tmp_path / 'base.pth')
+    torch.save(dict(state_dict=up, meta=dict(iter=7)), tmp_path / 'up.pth')
+    out = tmp_path / 'published.pth'
+    run_tool('tools/model_converters/glide_publish.py', tmp_path / 'base.pth', out, '--fp16',
+             '--upsampler-from', tmp_path / 'up.pth')
+    saved = torch.load(out, weights_only=True)
+    assert set(saved) == {'state_dict', 'meta'}
+    assert saved['meta'] == dict(iter=5, upsampler_iter=7)
+    assert all(v.dtype == torch.float16 for v in saved['state_dict'].values())
+    model = init_model(converted['text2im'][0], str(out), device='cpu')
+    assert model.unet_up.out.conv.weight.dtype == torch.float32
+    expected = up['unet_up.out.conv.weight'].half().float()
+    assert torch.equal(model.unet_up.out.conv.weight, expected)
+    proc = run_tool('tools/model_converters/glide_publish.py', tmp_path / 'nope.pth', out,
+                    check=False)
+    assert proc.returncode == 1 and 'checkpoint file not found' in proc.stderr

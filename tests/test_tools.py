@@ -263,9 +263,10 @@ def test_dist_test_sh_usage(tmp_path):
 
 # ---------------------------------------------------------- glide_demo.py
 def test_demo_cascade_grid(ckpts, tmp_path):
-    """Default config (the 64->256 cascade), two prompts, from another cwd."""
+    """The 64->256 cascade, two prompts, from another cwd."""
     r = run([sys.executable, tool('glide_demo.py'), 'a red circle on a blue background',
-             'a green square on a white background', '--checkpoint', ckpts['cascade'],
+             'a green square on a white background', '--config', CASCADE_CFG,
+             '--checkpoint', ckpts['cascade'],
              '--steps', '1', '--steps-up', '1', '--device', 'cpu', '--out', 'grid.png'],
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
