@@ -1,7 +1,6 @@
 """Tests of GLIDE's diffusion math and samplers
 (projects/glide/models/diffusion)."""
 import math
-import os
 
 import numpy as np
 import pytest
@@ -12,16 +11,12 @@ from projects.glide.models.diffusion import (
     GlideDPMSolverScheduler, discretized_gaussian_log_likelihood,
     get_named_beta_schedule, respaced_timesteps, space_timesteps)
 
-FIXTURES = os.environ.get(
-    'GLIDE_REFERENCE_FIXTURES',
-    '/work/shared/fixtures/glide-reference/cases.pt')
+from conftest import REFERENCE
 
 
 @pytest.fixture(scope='module')
 def cases():
-    if not os.path.exists(FIXTURES):
-        pytest.skip(f'reference fixtures not found at {FIXTURES}')
-    return torch.load(FIXTURES, weights_only=True)
+    return torch.load(REFERENCE / 'cases.pt', weights_only=True)
 
 
 def _cosine_abar64(T=1000):

@@ -379,8 +379,6 @@ def test_train_then_resume(tmp_path):
 def test_dist_train_sh_two_cpu_processes(tmp_path):
     if torch.cuda.is_available():
         pytest.skip('checks the CPU-only (gloo) path')
-    if 'setup_cpu_distributed' not in open(tool('train.py')).read():
-        pytest.skip('tools/train.py does not call setup_cpu_distributed yet')
     r = run(['bash', tool('dist_train.sh'), BASE_CFG, '2', '--work-dir', 'wd', '--cfg-options',
              'train_cfg.max_iters=2', 'train_dataloader.batch_size=2',
              'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
