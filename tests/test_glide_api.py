@@ -61,6 +61,23 @@ def test_integer_steps_give_exactly_n_model_calls(base_model, monkeypatch):
     assert len(calls) == 15
 
 
+def test_sampler_override(base_model):
+    x_t = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    run = lambda **kw: base_model.infer(init_image=x_t, prompt='a corgi', num_inference_steps=10,
+                                        **kw)['samples']
+    default = run()
+    assert torch.equal(run(sampler='ddim'), default)
+    assert torch.equal(run(sampler=dict(type='GlideDDIMScheduler', eta=0.)), default)
+    dpm = run(sampler='dpmsolver++')
+    assert dpm.shape == default.shape and (dpm - default).abs().max() > 1e-4
+    g = lambda: torch.Generator().manual_seed(0)
+    ddpm = run(sampler='ddpm', generator=g())
+    assert torch.equal(ddpm, run(sampler='ddpm', generator=g()))
+    assert (ddpm - default).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        run(sampler='euler')
+
+
 def test_progress_bar_per_stage(reference_model, capsys):
     reference_model.infer(prompt='a', num_inference_steps=2, num_inference_steps_up=2,
                           show_progress=True, seed=0)

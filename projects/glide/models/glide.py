@@ -20,10 +20,18 @@ from tqdm import tqdm
 from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 
 from ..checkpoint import check_state_dict
+from .diffusion import GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler
 from .tokenizer import GlideTokenizer
 from .unet import InpaintText2ImUNet, SuperResInpaintText2ImUNet
 
 Prompt = Union[str, Sequence[str]]
+
+#: names accepted by ``infer(sampler=...)``
+SAMPLERS = {
+    'ddim': GlideDDIMScheduler,
+    'ddpm': GlideDDPMScheduler,
+    'dpmsolver++': GlideDPMSolverScheduler,
+}
 
 
 def _build(registry, cfg):
@@ -210,6 +218,19 @@ class Glide(BaseModel):
             x = scheduler.step(out, t, x, generator=generator, denoised_fn=denoised_fn).prev_sample
         return x
 
+    def _scheduler(self, sampler):
+        """The base stage's scheduler, or one named by ``sampler`` on the same schedule."""
+        if sampler is None:
+            return self.diffusion_scheduler
+        base = self.diffusion_scheduler
+        schedule = dict(num_train_timesteps=base.num_train_timesteps, beta_schedule=base.beta_schedule)
+        if isinstance(sampler, dict):
+            return DIFFUSION_SCHEDULERS.build({**schedule, **sampler})
+        if not isinstance(sampler, str) or sampler not in SAMPLERS:
+            raise ValueError(f'sampler must be one of {sorted(SAMPLERS)} or a scheduler config dict, '
+                             f'got {sampler!r}')
+        return SAMPLERS[sampler](**schedule)
+
     def _text(self, unet, prompts: List[str], negative: Optional[List[str]]):
         tokens, mask = self.tokenizer(prompts + (negative or []), device=self.device)
         return unet.encode_text(tokens, mask)
@@ -232,7 +253,8 @@ class Glide(BaseModel):
               upsample_temp: float = 0.997,
               init_image_up: Optional[torch.Tensor] = None,
               inpaint_image: Optional[torch.Tensor] = None,
-              inpaint_mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+              inpaint_mask: Optional[torch.Tensor] = None,
+              sampler: Union[None, str, dict] = None) -> Dict[str, torch.Tensor]:
         """Text to image: the base stage, then the upsampler if the model has one.
 
         Args:
@@ -260,6 +282,9 @@ class Glide(BaseModel):
                 inpainting (any H=W; resized per stage).
             inpaint_mask (Tensor | None): (1|B, 1, H, W), 1 = keep (thresholded
                 at 0.5).
+            sampler (str | dict | None): the base stage's sampler instead of
+                the config's: ``'ddim'``, ``'ddpm'`` (ancestral), ``'dpmsolver++'``
+                (DPM-Solver++(2M)) or a scheduler config dict; same noise schedule.
 
         Returns:
             dict: ``samples`` (B, 3, H, W) in [-1, 1] (256 with an upsampler,
@@ -283,7 +308,7 @@ class Glide(BaseModel):
         guidance = None if guidance_scale == 1 else float(guidance_scale)
         text_emb = self._text(self.unet, prompts, negative if guidance is not None else None)
         cond, denoised_fn = self._inpaint_cond(self.unet, inpaint_image, inpaint_mask, batch_size, size)
-        samples = self._sample(self.unet, self.diffusion_scheduler, x_t, text_emb, num_inference_steps,
+        samples = self._sample(self.unet, self._scheduler(sampler), x_t, text_emb, num_inference_steps,
                                guidance, generator, cond, denoised_fn, show_progress, 'GLIDE base')
         if self.unet_up is None:
             return dict(samples=samples)
