@@ -23,7 +23,3 @@ base_scheduler = dict(
 upsample_scheduler = dict(
     type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='linear', eta=0.)
 
-# openai's inpainting models (base-inpaint.pt, upsample-inpaint.pt): same
-# architectures, plus the masked source image and mask as inputs.
-base_inpaint_unet = dict(base_unet, type='InpaintText2ImUNet')
-upsample_inpaint_unet = dict(upsample_unet, type='SuperResInpaintText2ImUNet')
