@@ -1,4 +1,5 @@
 """Datasets of the GLIDE project."""
+from .image_caption_folder import ImageCaptionFolderDataset, parse_captions_file
 from .prompt_set import PromptSetDataset, load_prompt_file
 from .shapes import (COLORS, KINDS, PALETTE, POSITIONS, RELATIONS, SIZES,
                      Scene, ShapesDataset, Shape, caption, is_held_out,
@@ -10,5 +11,6 @@ __all__ = [
     'COLORS', 'KINDS', 'PALETTE', 'POSITIONS', 'RELATIONS', 'SIZES', 'Scene',
     'Shape', 'ShapesDataset', 'caption', 'is_held_out', 'make_prompt_set',
     'parse_caption', 'realize_scene', 'render_scene', 'sample_scene',
-    'scene_from_caption', 'write_prompt_file', 'PromptSetDataset', 'load_prompt_file'
+    'scene_from_caption', 'write_prompt_file', 'PromptSetDataset', 'load_prompt_file',
+    'ImageCaptionFolderDataset', 'parse_captions_file'
 ]

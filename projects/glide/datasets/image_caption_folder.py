@@ -142,7 +142,8 @@ def parse_captions_file(path: str) -> List[Tuple[object, object, str]]:
         else:
             raise ValueError(f'captions file {path}: expected an object '
                              '{file: caption} or a list of {"file", '
-                             f'"caption"} objects, got {type(obj).__name__}')
+                             '"caption"} objects, got '
+                             f'{type(obj).__name__}')
     else:
         delimiter = '\t' if ext == '.tsv' else ','
         reader = csv.reader(io.StringIO(text, newline=''), delimiter=delimiter)
@@ -191,8 +192,10 @@ def _center_crop_resize(im: Image.Image, side: int) -> Image.Image:
     w, h = im.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    return im.resize((side, side), Image.BICUBIC,
-                     box=(left, top, left + s, top + s))
+    # crop first: ``resize(box=...)`` would let the filter read pixels
+    # outside the box
+    im = im.crop((left, top, left + s, top + s))
+    return im.resize((side, side), Image.BICUBIC)
 
 
 def _to_tensor(im: Image.Image) -> torch.Tensor:
@@ -276,9 +279,10 @@ class ImageCaptionFolderDataset(Dataset):
         for c in candidates:
             if osp.isfile(c):
                 return c
-        raise FileNotFoundError('captions file not found: ' +
-                                ' (nor '.join(candidates) +
-                                ')' * (len(candidates) - 1))
+        tried = f' (also tried {candidates[1]})' if len(candidates) > 1 \
+            else ''
+        raise FileNotFoundError(
+            f'captions file not found: {candidates[0]}{tried}')
 
     def _from_captions_file(self, path: str) -> List[Tuple[str, str]]:
         data, missing = [], []
