@@ -8,6 +8,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
 from mmagic.registry import METRICS
+from projects.glide.evaluation.samples import sample_field
 
 MAX_PSNR = 100.0
 
@@ -63,12 +64,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11,
     return float(s.mean())
 
 
-def _field(sample, key):
-    if hasattr(sample, 'get'):
-        return sample.get(key, None)
-    return getattr(sample, key, None)
-
-
 @METRICS.register_module()
 class UpsamplerPSNR(BaseMetric):
     """PSNR / SSIM of the upsampler's output and of bicubic upsampling,
@@ -105,16 +100,16 @@ class UpsamplerPSNR(BaseMetric):
     def process(self, data_batch, data_samples: Sequence) -> None:
         for sample in data_samples:
             missing = [k for k in ('image', 'img', 'low_res')
-                       if _field(sample, k) is None]
+                       if sample_field(sample, k) is None]
             if missing:
                 raise KeyError(
                     f'UpsamplerPSNR needs image, img (the 256x256 reference) '
                     f'and low_res (the 64x64 input) per item; missing '
                     f'{missing}: use a test set with references, e.g. '
                     'ShapesDataset(resolution=256, low_res=64)')
-            out = _as_unit(_field(sample, 'image'), 'image')
-            ref = _as_unit(_field(sample, 'img'), 'img')
-            low = _as_unit(_field(sample, 'low_res'), 'low_res')
+            out = _as_unit(sample_field(sample, 'image'), 'image')
+            ref = _as_unit(sample_field(sample, 'img'), 'img')
+            low = _as_unit(sample_field(sample, 'low_res'), 'low_res')
             if out.shape != ref.shape:
                 raise ValueError(f'the model output is {tuple(out.shape)} but '
                                  f'the reference img is {tuple(ref.shape)}')
@@ -123,7 +118,7 @@ class UpsamplerPSNR(BaseMetric):
                 align_corners=False)[0].clamp(0, 1)
             bicubic = (bicubic * 255).round() / 255
             mismatch = False
-            used = _field(sample, 'low_res_image')
+            used = sample_field(sample, 'low_res_image')
             if used is not None:
                 used = _as_unit(used, 'low_res_image')
                 mismatch = used.shape != low.shape or bool(

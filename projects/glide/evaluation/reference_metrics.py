@@ -33,6 +33,7 @@ from mmengine.logging import print_log
 from scipy import linalg
 
 from mmagic.registry import METRICS
+from projects.glide.evaluation.samples import sample_field, to_hwc_uint8
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif',
                     '.tiff', '.ppm', '.pgm')
@@ -51,31 +52,13 @@ _REFERENCE_HINT = (
     'sigma)')
 
 
-def _field(sample, key: str):
-    return sample.get(key, None) if hasattr(sample, 'get') else getattr(
-        sample, key, None)
-
-
-def _to_hwc_uint8(img) -> np.ndarray:
-    """uint8 (3, H, W) or (H, W, 3) tensor/array -> (H, W, 3) uint8 array."""
-    if isinstance(img, torch.Tensor):
-        img = img.detach().cpu().numpy()
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        raise TypeError(f'expected a uint8 image, got {img.dtype}')
-    if img.ndim != 3 or 3 not in (img.shape[0], img.shape[-1]):
-        raise ValueError('expected a (3, H, W) or (H, W, 3) RGB image, got '
-                         f'shape {img.shape}')
-    return img if img.shape[-1] == 3 else img.transpose(1, 2, 0)
-
-
 def _images_of(data_samples: Sequence, metric: str) -> List[np.ndarray]:
     images = []
     for sample in data_samples:
-        img = _field(sample, 'image')
+        img = sample_field(sample, 'image')
         if img is None:
             raise KeyError(f'{metric}: data sample without an "image" field')
-        images.append(_to_hwc_uint8(img))
+        images.append(to_hwc_uint8(img))
     return images
 
 
@@ -176,7 +159,7 @@ class GlideCLIPScore(BaseMetric):
     @torch.no_grad()
     def scores(self, images: Sequence, prompts: Sequence[str]) -> np.ndarray:
         """100 x cosine similarity of each (image, prompt) pair (float64)."""
-        images = [_to_hwc_uint8(img) for img in images]
+        images = [to_hwc_uint8(img) for img in images]
         prompts = [str(p) for p in prompts]
         if len(images) != len(prompts):
             raise ValueError(f'{len(images)} images but {len(prompts)} '
@@ -206,7 +189,7 @@ class GlideCLIPScore(BaseMetric):
     def process(self, data_batch, data_samples: Sequence) -> None:
         prompts = []
         for sample in data_samples:
-            prompt = _field(sample, 'prompt')
+            prompt = sample_field(sample, 'prompt')
             if prompt is None:
                 raise KeyError('GlideCLIPScore: data sample without a '
                                '"prompt" field')
@@ -569,7 +552,7 @@ class GlideFID(BaseMetric):
 
     def features(self, images: Sequence) -> np.ndarray:
         """(N, D) float64 Inception features of uint8 RGB images."""
-        images = [_to_hwc_uint8(img) for img in images]
+        images = [to_hwc_uint8(img) for img in images]
         out = []
         for i in range(0, len(images), self.batch_size):
             chunk = images[i:i + self.batch_size]

@@ -33,6 +33,7 @@ from mmengine.evaluator import BaseMetric
 from scipy import ndimage
 
 from mmagic.registry import METRICS
+from projects.glide.evaluation.samples import sample_field, to_hwc_uint8
 from projects.glide.datasets.shapes import (COLORS, PALETTE, Scene,
                                             is_held_out, parse_caption)
 
@@ -46,18 +47,6 @@ _FILL = {'circle': np.pi / 4, 'square': 1.0, 'triangle': 0.5}
 _MAX_COMPONENTS = 6
 _LARGE_EXTENT = 0.34
 _MIN_RELATION_OFFSET = 0.05
-
-
-def _to_hwc(img: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-    if isinstance(img, torch.Tensor):
-        img = img.detach().cpu().numpy()
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        raise TypeError(f'expected a uint8 image, got {img.dtype}')
-    if img.ndim != 3 or 3 not in (img.shape[0], img.shape[-1]):
-        raise ValueError(f'expected a (3, H, W) or (H, W, 3) image, got shape '
-                         f'{img.shape}')
-    return img if img.shape[-1] == 3 else img.transpose(1, 2, 0)
 
 
 def _palette_labels(img: np.ndarray) -> np.ndarray:
@@ -126,7 +115,7 @@ def detect_shapes(img: Union[np.ndarray, torch.Tensor]) -> dict:
         ``position``, ``center`` (x, y) and ``extent`` in units of the image
         side, ``area`` in pixels.
     """
-    img = _to_hwc(img)
+    img = to_hwc_uint8(img)
     height, width = img.shape[:2]
     side = max(height, width)
     labels = _palette_labels(img)
@@ -244,11 +233,6 @@ def judge_image(img: Union[np.ndarray, torch.Tensor],
     return result
 
 
-def _field(sample, key: str):
-    return sample.get(key, None) if hasattr(sample, 'get') else getattr(
-        sample, key, None)
-
-
 @METRICS.register_module()
 class ShapesAccuracy(BaseMetric):
     """Percentage of generated images that follow their shapes caption.
@@ -269,16 +253,16 @@ class ShapesAccuracy(BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence) -> None:
         for sample in data_samples:
-            prompt = _field(sample, 'prompt')
+            prompt = sample_field(sample, 'prompt')
             try:
                 spec = parse_caption(prompt)
             except ValueError:
                 self.results.append(dict(group='unparsed'))
                 continue
-            held_out = _field(sample, 'held_out')
+            held_out = sample_field(sample, 'held_out')
             held_out = is_held_out(spec) if held_out is None else bool(
                 held_out)
-            judged = judge_image(_field(sample, 'image'), spec)
+            judged = judge_image(sample_field(sample, 'image'), spec)
             record = {a: judged[a] for a in ATTRIBUTES}
             record.update(
                 all=judged['all_correct'],
