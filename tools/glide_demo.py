@@ -5,9 +5,10 @@
         [--steps N] [--steps-up N] [--out out.png] [--device cpu|cuda]
         [--image in.png --mask mask.png]
 
-Defaults: the bundled tiny shapes cascade
-(projects/glide/configs/glide_tiny_shapes-64-256.py with
-projects/glide/weights/glide_tiny_shapes-64-256.pth), the prompt
+Defaults: the bundled tiny shapes model
+(projects/glide/configs/glide_tiny_shapes-64x64.py with
+projects/glide/weights/glide_tiny_shapes-64x64.pth; its 64->256 upsampler is
+not trained yet), the prompt
 'a red circle above a blue square on a yellow background', one image per
 prompt, seed 0 (prompt i uses seed S + i), the config's test_cfg for
 guidance and steps, cuda when available.
@@ -76,10 +77,10 @@ def parse_args(argv=None):
         description='GLIDE text to image: prompts in, a captioned PNG grid out')
     parser.add_argument('prompts', nargs='*', help=f'prompts (default: {DEFAULT_PROMPT!r})')
     parser.add_argument('--config', default=None,
-                        help='model config (default: the tiny shapes 64->256 cascade)')
+                        help='model config (default: the tiny shapes 64x64 model)')
     parser.add_argument('--checkpoint', default=None,
                         help='weights (default: '
-                        'projects/glide/weights/glide_tiny_shapes-64-256.pth)')
+                        'projects/glide/weights/glide_tiny_shapes-64x64.pth)')
     parser.add_argument('--batch-size', type=_positive_int, default=1,
                         help='images per prompt (default 1)')
     parser.add_argument('--seed', type=_seed, default=0,
