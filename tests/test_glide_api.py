@@ -175,9 +175,134 @@ def test_half_precision_forward_close_to_fp32(converted, cases, dtype, torch_dty
     assert rel < tol
 
 
+def test_channels_last_sampling_matches_contiguous(reference_model):
+    """NHWC weights and inputs change only the layout: both guided stages
+    give the same images up to float rounding. (The upsampler is compared on
+    the same low-res input: it quantises its input to 8 bits, where a
+    rounding-level difference can flip a level.)"""
+    prompts = ['a corgi', 'a cat']
+    base = dict(prompt=prompts, batch_size=2, num_inference_steps=3, seed=0)
+    expected = reference_model.infer(**base, num_inference_steps_up=2)
+    up = dict(prompt=prompts, num_inference_steps=2, seed=1)
+    expected_up = reference_model.infer_up(expected['low_res'], **up)['samples']
+    try:
+        reference_model.set_memory_format('channels_last')
+        assert reference_model.memory_format == 'channels_last'
+        for unet in (reference_model.unet, reference_model.unet_up):
+            conv = unet.in_blocks[0][0].weight
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        got = reference_model.infer(**base, num_inference_steps_up=2)
+        got_up = reference_model.infer_up(expected['low_res'], **up)['samples']
+    finally:
+        reference_model.set_memory_format('contiguous')
+    assert reference_model.unet.in_blocks[0][0].weight.is_contiguous()
+    torch.testing.assert_close(got['low_res'], expected['low_res'], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got_up, expected_up, atol=1e-3, rtol=0)  # < 1/8 of an 8-bit level
+    with pytest.raises(ValueError, match="memory_format must be one of .*'nhwc'"):
+        reference_model.set_memory_format('nhwc')
+
+
 def test_cuda_request_on_cpu_machine_keeps_model_on_cpu(reference_model):
     if torch.cuda.is_available():
         pytest.fail('this test describes CPU-only machines')
     with pytest.warns(UserWarning, match='CUDA is not available'):
         reference_model.to('cuda:0')
     assert reference_model.device.type == 'cpu'
+
+
+def test_train_timesteps_uniform_or_focused_on_high_noise(base_model, monkeypatch):
+    torch.manual_seed(0)
+    uniform = base_model.sample_train_timesteps(20000, 1000)
+    assert uniform.dtype == torch.long and uniform.min() >= 0 and uniform.max() <= 999
+    assert abs((uniform >= 850).float().mean().item() - 0.15) < 0.02  # GLIDE default
+    monkeypatch.setitem(base_model.train_cfg, 'high_noise_prob', 0.5)
+    monkeypatch.setitem(base_model.train_cfg, 'high_noise_from', 850)
+    focused = base_model.sample_train_timesteps(20000, 1000)
+    assert abs((focused >= 850).float().mean().item() - (0.5 + 0.5 * 0.15)) < 0.02
+    assert focused.min() < 100 and focused.max() == 999
+    monkeypatch.setitem(base_model.train_cfg, 'high_noise_prob', 1.)
+    assert base_model.sample_train_timesteps(5000, 1000).min() >= 850
+    monkeypatch.setitem(base_model.train_cfg, 'high_noise_from', 1000)
+    with pytest.raises(ValueError, match=r'high_noise_from must be in \[0, 1000\), got 1000'):
+        base_model.sample_train_timesteps(4, 1000)
+
+
+def test_bad_high_noise_prob():
+    from projects.glide.models import Glide
+    unet = dict(type='Text2ImUNet', image_size=8, base_channels=32, channel_mult=(1, ),
+                resblocks_per_downsample=1, attention_res=(), num_head_channels=32, text_ctx=4,
+                xf_width=32,
+                xf_layers=1, xf_heads=1)
+    with pytest.raises(ValueError, match=r'high_noise_prob must be in \[0, 1\], got 1.5'):
+        Glide(unet=unet, diffusion_scheduler=dict(type='GlideDDIMScheduler'),
+              tokenizer=dict(type='GlideTokenizer', text_ctx=4), train_cfg=dict(high_noise_prob=1.5))
+
+
+def test_mse_weights_truncated_snr(base_model, monkeypatch):
+    import numpy as np
+    abar = np.array([0.9, 0.5, 0.2, 1e-4])
+    t = torch.tensor([0, 1, 2, 3, 2])
+    assert torch.equal(base_model.mse_weights(abar, t), torch.ones(5))  # GLIDE default
+    monkeypatch.setitem(base_model.train_cfg, 'max_mse_weight', 100.)
+    # 1/SNR = (1 - abar) / abar: 0.11 -> 1, 1 -> 1, 4 -> 4, 9999 -> capped at 100
+    torch.testing.assert_close(base_model.mse_weights(abar, t),
+                               torch.tensor([1., 1., 4., 100., 4.]))
+
+
+def test_loss_applies_mse_weights(base_model, monkeypatch):
+    """The same draw of timesteps/noise gives a larger eps MSE once the
+    high-noise rows are weighted; the vb term is unchanged."""
+    batch = dict(img=torch.rand(4, 3, 64, 64) * 2 - 1, prompt=['a', 'b', 'c', 'd'])
+    monkeypatch.setitem(base_model.train_cfg, 'caption_dropout', 0.)
+    monkeypatch.setitem(base_model.train_cfg, 'high_noise_prob', 1.)  # all rows at t >= 900
+    torch.manual_seed(3)
+    plain = base_model.loss(batch)
+    monkeypatch.setitem(base_model.train_cfg, 'max_mse_weight', 50.)
+    torch.manual_seed(3)
+    weighted = base_model.loss(batch)
+    torch.testing.assert_close(weighted['loss_vb'], plain['loss_vb'])
+    # 1/SNR > 41 for every t >= 900 on the cosine schedule
+    assert weighted['loss_mse'] > 40 * plain['loss_mse']
+
+
+def _tiny_unet(**kwargs):
+    from projects.glide.models import Text2ImUNet
+    torch.manual_seed(0)
+    return Text2ImUNet(image_size=32, base_channels=32, channel_mult=(1, 2),
+                       resblocks_per_downsample=1, attention_res=(16, ), num_head_channels=32,
+                       text_ctx=8, xf_width=32, xf_layers=1, xf_heads=1, **kwargs).eval()
+
+
+def test_norm_groups_set_every_group_norm_and_are_checked(reference_model):
+    from projects.glide.models.layers import FP32GroupNorm
+    assert {m.num_groups for m in reference_model.unet.modules()
+            if isinstance(m, FP32GroupNorm)} == {32}  # GLIDE's default
+    unet = _tiny_unet(norm_groups=8)
+    assert {m.num_groups for m in unet.modules() if isinstance(m, FP32GroupNorm)} == {8}
+    with pytest.raises(ValueError, match=r'norm_groups=24 must divide the channels of every '
+                                         r'GroupNorm, which are \[32, 64, 128\] here'):
+        _tiny_unet(norm_groups=24)
+
+
+def test_one_channel_per_group_blocks_global_colour_shifts():
+    """Why the tiny configs use 8 groups: with one channel per group the
+    output head normalises away each channel's spatial mean, so the text
+    (here: a large change of the pooled text feature) barely moves the
+    image-wide mean of eps, the quantity that sets the overall colour at
+    high noise; with 4 channels per group it moves it freely."""
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([950])
+    tokens = torch.zeros(1, 8, dtype=torch.long)
+    shifts = {}
+    for groups in (32, 8):
+        unet = _tiny_unet(norm_groups=groups)
+        for p in unet.out.conv.parameters():  # GLIDE zero-initialises the head
+            torch.nn.init.normal_(p, std=0.1)
+        emb = unet.encode_text(tokens, torch.ones(1, 8, dtype=torch.bool))
+        other = dict(emb, xf_proj=emb['xf_proj'] + 3 * torch.randn(emb['xf_proj'].shape,
+                                                                   generator=torch.Generator().manual_seed(1)))
+        with torch.no_grad():
+            a, b = unet(x, t, text_emb=emb)[:, :3], unet(x, t, text_emb=other)[:, :3]
+        shifts[groups] = ((a - b).mean((2, 3)).abs().max().item(), (a - b).abs().max().item())
+    assert shifts[32][0] < 0.02 * shifts[32][1]  # pixels move, their mean hardly does
+    assert shifts[8][0] > 10 * shifts[32][0]

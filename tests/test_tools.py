@@ -366,10 +366,13 @@ def test_train_then_resume(tmp_path):
              'train_cfg.max_iters=4', *opts], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / 'wd' / 'iter_4.pth').is_file()
-    r = run([sys.executable, tool('train.py'), BASE_CFG, '--work-dir', 'wd', '--resume',
+    # resume with --amp: bf16 autocast also on the CPU, same checkpoint state
+    r = run([sys.executable, tool('train.py'), BASE_CFG, '--work-dir', 'wd', '--resume', '--amp',
              '--cfg-options', 'train_cfg.max_iters=6', *opts], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'resumed epoch: 0, iter: 4' in r.stdout + r.stderr
+    dumped = (tmp_path / 'wd' / 'glide_tiny_shapes-64x64.py').read_text()
+    assert "type='BF16AutocastOptimWrapper'" in dumped
     from projects.glide.checkpoint import load_checkpoint_file
     ckpt = load_checkpoint_file(str(tmp_path / 'wd' / 'iter_6.pth'))
     assert ckpt['meta']['iter'] == 6
@@ -386,6 +389,22 @@ def test_dist_train_sh_two_cpu_processes(tmp_path):
             extra_env=dict(PORT=str(free_port()), PYTHON=sys.executable))
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     assert (tmp_path / 'wd' / 'iter_2.pth').is_file()
+
+
+def test_bf16_autocast_optim_wrapper_casts_forward_and_keeps_fp32_state():
+    from projects.glide.engine import BF16AutocastOptimWrapper
+    layer = torch.nn.Linear(4, 3)
+    wrapper = BF16AutocastOptimWrapper(torch.optim.SGD(layer.parameters(), lr=0.1))
+    x = torch.randn(2, 4)
+    with wrapper.optim_context(layer):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), layer(x), atol=3e-2, rtol=3e-2)
+    before = layer.weight.detach().clone()
+    wrapper.update_params(y.float().sum())
+    assert layer.weight.dtype == torch.float32
+    assert not torch.equal(layer.weight, before)
+    assert set(wrapper.state_dict()) == {'state', 'param_groups'}
 
 
 def test_train_missing_config(tmp_path):

@@ -1,13 +1,15 @@
 """Benchmark the GLIDE cascade on random-initialised models (no weights needed).
 
     python tools/benchmark.py [--config C] [--device cuda|cpu] [--batch-size 16] [--steps 100]
-        [--steps-up fast27] [--guidance-scale 3] [--sampler ddim] [--variants fp32,fp16,bf16]
-        [--repeats 1]
+        [--steps-up fast27] [--guidance-scale 3] [--sampler ddim]
+        [--variants fp32,fp16,bf16,fp16+cl,bf16+cl] [--repeats 1]
 
 Default workload: the mmagic quick start (16 prompts, 100 guided DDIM base
 steps at 64x64, i.e. 32-image UNet batches, then 27 upsampler steps at
 256x256) on the full-size cascade config. Every variant runs in the same
 process on the same machine; the first (``fp32``, eager) is the baseline.
+A variant is a dtype (``fp32``, ``fp16``, ``bf16``), optionally with ``+cl``
+for channels-last (NHWC) weights and inputs.
 Prints one JSON line per variant: seconds per stage and in total, UNet calls
 and ms per call per stage, images/s, peak GPU memory, FLOPs per stage
 (``torch.utils.flop_counter``, 2 per multiply-add) and the achieved TFLOP/s,
@@ -34,8 +36,8 @@ def parse_args(argv=None):
     parser.add_argument('--steps-up', default='fast27', help='upsampler steps')
     parser.add_argument('--guidance-scale', type=float, default=3.)
     parser.add_argument('--sampler', default='ddim', help='ddim, ddpm or dpmsolver++')
-    parser.add_argument('--variants', default='fp32,fp16,bf16',
-                        help='comma-separated dtypes; the first is the baseline')
+    parser.add_argument('--variants', default='fp32,fp16,bf16,fp16+cl,bf16+cl',
+                        help='comma-separated DTYPE[+cl]; the first is the baseline')
     parser.add_argument('--repeats', type=int, default=1, help='timed runs per variant (best kept)')
     return parser.parse_args(argv)
 
@@ -59,10 +61,21 @@ def _count_flops(unet, x, t, text_emb, cond):
     return counter.get_total_flops()
 
 
-def run_variant(model, dtype, args, device):
+def parse_variant(text):
+    """``'bf16+cl'`` -> ``('bf16', 'channels_last')``; None if malformed."""
+    dtype, _, layout = text.partition('+')
+    layouts = {'': 'contiguous', 'cl': 'channels_last'}
+    if dtype not in ('fp32', 'fp16', 'bf16') or layout not in layouts:
+        return None
+    return dtype, layouts[layout]
+
+
+def run_variant(model, variant, args, device):
     """Time both stages of one variant; returns the JSON record."""
     import torch
+    dtype, layout = variant
     model.set_dtype(dtype)
+    model.set_memory_format(layout)
     prompts = [f'prompt number {i}' for i in range(args.batch_size)]
     calls = {'base': 0, 'up': 0}
     originals = {}
@@ -109,7 +122,8 @@ def run_variant(model, dtype, args, device):
     flops = _stage_flops(model, args, device)
     total = best['base_s'] + best['up_s']
     record = dict(
-        variant=f'{dtype}-eager', device=str(device),
+        variant=f'{dtype}-eager' if layout == 'contiguous' else f'{dtype}-{layout}-eager',
+        dtype=dtype, memory_format=layout, device=str(device),
         gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
         torch=torch.__version__, batch_size=args.batch_size, steps=str(args.steps),
         steps_up=str(args.steps_up) if model.unet_up is not None else None, sampler=args.sampler,
@@ -163,10 +177,11 @@ def main(argv=None) -> int:
         check_file(args.config, 'config file')
         device = torch.device(check_device(args.device or ('cuda' if torch.cuda.is_available()
                                                              else 'cpu')))
-        variants = [v.strip() for v in args.variants.split(',') if v.strip()]
-        bad = [v for v in variants if v not in ('fp32', 'fp16', 'bf16')]
-        if not variants or bad:
-            raise UsageError(f'--variants must list fp32, fp16 and/or bf16, got {args.variants!r}')
+        names = [v.strip() for v in args.variants.split(',') if v.strip()]
+        variants = [parse_variant(v) for v in names]
+        if not variants or None in variants:
+            raise UsageError('--variants must list DTYPE or DTYPE+cl with DTYPE fp32, fp16 or '
+                             f'bf16, got {args.variants!r}')
         if args.batch_size < 1:
             raise UsageError(f'--batch-size must be positive, got {args.batch_size}')
     except (UsageError, DeviceError) as err:
@@ -181,8 +196,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = MODELS.build(Config.fromfile(args.config).model).to(device).eval()
     baseline = None
-    for dtype in variants:
-        record = run_variant(model, dtype, args, device)
+    for variant in variants:
+        record = run_variant(model, variant, args, device)
         baseline = baseline or record['total_s']
         record['speedup'] = round(baseline / record['total_s'], 3)
         print(json.dumps(record), flush=True)

@@ -4,13 +4,19 @@
                           [--cfg-options KEY=VALUE ...] [--launcher pytorch]
 
 ``--resume`` without a path resumes from the latest checkpoint in the work
-dir. ``--amp`` trains in bfloat16 autocast on a GPU (fp16 where bf16 is unsupported).
+dir. ``--amp`` trains in bfloat16 autocast (``BF16AutocastOptimWrapper``) on
+the GPU or the CPU (worth it on CPUs with AMX/AVX512-BF16), or in float16
+with loss scaling on GPUs without bf16.
 """
 import argparse
 import os.path as osp
 import sys
 
 from mmengine.config import Config, DictAction
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
 
 
 def parse_args(argv=None):
@@ -19,7 +25,7 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='where logs and checkpoints go')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
                         help='resume from CKPT, or from the latest checkpoint of the work dir')
-    parser.add_argument('--amp', action='store_true', help='mixed-precision training')
+    parser.add_argument('--amp', action='store_true', help='mixed precision: bf16 autocast (CPU or GPU), fp16 on GPUs without bf16')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -42,11 +48,11 @@ def main(argv=None) -> int:
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
-        if not torch.cuda.is_available():
-            print('error: --amp needs a CUDA GPU and none is available', file=sys.stderr)
-            return 1
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'  # fp16 with loss scaling
+            cfg.optim_wrapper.dtype = 'float16'
+        else:
+            cfg.optim_wrapper.type = 'BF16AutocastOptimWrapper'
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume:

@@ -59,9 +59,17 @@ class Glide(BaseModel):
         dtype (str): ``'fp32'`` (default), ``'fp16'`` or ``'bf16'`` for both
             UNets and the text transformer.
         use_fp16 (bool): mmagic spelling of ``dtype='fp16'``.
+        memory_format (str): ``'contiguous'`` (default, NCHW) or
+            ``'channels_last'`` (NHWC) for the UNets' convolution weights and
+            the images fed to them while sampling (see
+            :meth:`set_memory_format`).
         train_cfg (dict | None): ``stage`` ('base' or 'upsampler', which UNet
-            ``train_step`` trains) and ``caption_dropout`` (probability of
-            training on the empty prompt, which classifier-free guidance needs).
+            ``train_step`` trains), ``caption_dropout`` (probability of
+            training on the empty prompt, which classifier-free guidance
+            needs), ``high_noise_prob`` and ``high_noise_from`` (see
+            :meth:`sample_train_timesteps`; default 0, GLIDE's uniform
+            timesteps) and ``max_mse_weight`` (see :meth:`mse_weights`;
+            default None, GLIDE's unweighted eps MSE).
         test_cfg (dict | None): default keyword arguments of :meth:`infer` for
             ``val_step``/``test_step`` (``guidance_scale``, ``num_inference_steps``...).
         data_preprocessor (dict | None): defaults to mmengine's
@@ -76,6 +84,7 @@ class Glide(BaseModel):
                  tokenizer: dict = dict(type='GlideTokenizer'),
                  dtype: str = 'fp32',
                  use_fp16: bool = False,
+                 memory_format: str = 'contiguous',
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
@@ -92,9 +101,14 @@ class Glide(BaseModel):
         self.tokenizer = _build(MODELS, tokenizer)
         if not isinstance(self.tokenizer, GlideTokenizer):
             raise TypeError(f'tokenizer must build a GlideTokenizer, got {type(self.tokenizer).__name__}')
-        self.train_cfg = {**dict(stage='base', caption_dropout=0.2), **(train_cfg or {})}
+        self.train_cfg = {**dict(stage='base', caption_dropout=0.2, high_noise_prob=0.,
+                                 high_noise_from=900, max_mse_weight=None), **(train_cfg or {})}
+        if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
+            raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
+                             f"{self.train_cfg['high_noise_prob']}")
         self.test_cfg = dict(test_cfg or {})
         self.set_dtype('fp16' if use_fp16 else dtype)
+        self.set_memory_format(memory_format)
         self._register_load_state_dict_pre_hook(self._check_checkpoint, with_module=False)
 
     # ------------------------------------------------------------ utilities
@@ -103,6 +117,25 @@ class Glide(BaseModel):
         for unet in (self.unet, self.unet_up):
             if unet is not None:
                 unet.set_dtype(dtype)
+        return self
+
+    def set_memory_format(self, memory_format: str) -> 'Glide':
+        """Lay out the UNets' 4-D weights and sampled images as
+        ``'contiguous'`` (NCHW) or ``'channels_last'`` (NHWC).
+
+        cuDNN's and oneDNN's fastest half-precision convolutions work on
+        NHWC; with NCHW tensors each convolution may transpose its input
+        and output. Results agree with ``'contiguous'`` up to float
+        rounding.
+        """
+        formats = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}
+        if memory_format not in formats:
+            raise ValueError(f'memory_format must be one of {sorted(formats)}, got {memory_format!r}')
+        self.memory_format = memory_format
+        self._torch_memory_format = formats[memory_format]
+        for unet in (self.unet, self.unet_up):
+            if unet is not None:
+                unet.to(memory_format=self._torch_memory_format)
         return self
 
     def to(self, *args, **kwargs) -> 'Glide':
@@ -209,8 +242,10 @@ class Glide(BaseModel):
         guided = guidance_scale is not None
         if guided:
             cond = {k: torch.cat([v, v]) for k, v in cond.items()}
+        layout = self._torch_memory_format
+        cond = {k: v.contiguous(memory_format=layout) for k, v in cond.items()}
         for t in tqdm(scheduler.timesteps, desc=desc, disable=not show_progress, leave=False):
-            x_in = torch.cat([x, x]) if guided else x
+            x_in = (torch.cat([x, x]) if guided else x).contiguous(memory_format=layout)
             out = unet(x_in, t.to(self.device).expand(x_in.shape[0]), text_emb=text_emb, **cond).float()
             if guided:
                 eps_c, eps_u = out[:b, :3], out[b:, :3]
@@ -423,7 +458,7 @@ class Glide(BaseModel):
         drop = torch.rand(b) < self.train_cfg['caption_dropout']
         prompts = ['' if d else p for p, d in zip(prompts, drop.tolist())]
         tokens, mask = self.tokenizer(prompts, device=self.device)
-        t = torch.randint(0, diffusion.num_timesteps, (b,), device=self.device)
+        t = self.sample_train_timesteps(b, diffusion.num_timesteps)
         noise = torch.randn_like(x0)
         x_t = diffusion.q_sample(x0, t, noise)
         cond = {}
@@ -431,7 +466,55 @@ class Glide(BaseModel):
             cond['low_res'] = quantize_8bit(batch['low_res'].to(self.device, torch.float32))
         out = unet(x_t, t, tokens, mask, **cond)
         losses = diffusion.training_losses(out.float(), x0, x_t, t, noise)
-        return dict(loss_mse=losses['mse'].mean(), loss_vb=losses['vb'].mean())
+        mse = losses['mse'] * self.mse_weights(diffusion.alphas_cumprod, t)
+        return dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
+
+    def mse_weights(self, alphas_cumprod, t: torch.Tensor) -> torch.Tensor:
+        """(B,) weights of the eps MSE at timesteps ``t``: all ones (GLIDE)
+        unless ``train_cfg.max_mse_weight`` is set, then
+        ``min(max(1, 1 / SNR(t)), max_mse_weight)`` with
+        ``SNR = alpha_bar / (1 - alpha_bar)``.
+
+        Since ``|eps - eps_hat|^2 = SNR * |x0 - x0_hat|^2``, the plain eps MSE
+        hardly penalises a wrong x0 where the SNR is small, which is exactly
+        where the text must decide colours and layout. ``max(1, 1/SNR)`` is
+        the "truncated SNR" weighting of Salimans & Ho 2022 (Progressive
+        Distillation): x0 MSE where SNR < 1, eps MSE elsewhere; the cap keeps
+        the last few timesteps (SNR down to 1e-9 on the cosine schedule)
+        from dominating.
+        """
+        cap = self.train_cfg['max_mse_weight']
+        if cap is None:
+            return torch.ones(t.shape, device=t.device)
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)[t.cpu()]
+        weight = ((1 - abar) / abar).clamp(min=1, max=float(cap))
+        return weight.to(t.device, torch.float32)
+
+    def sample_train_timesteps(self, batch_size: int, num_timesteps: int) -> torch.Tensor:
+        """(B,) training timesteps: uniform on [0, T) (GLIDE), except that with
+        probability ``train_cfg.high_noise_prob`` a row is drawn uniformly
+        from [``high_noise_from``, T) instead.
+
+        Why: on images whose content is mostly low-frequency (flat colours,
+        like the shapes world), ``x_t`` itself reveals the colours and the
+        layout at all but the noisiest timesteps (the mean of 4096 pixels
+        averages the noise away), so only the last few percent of the cosine
+        schedule need the text and uniform timesteps give the text pathway
+        little to learn from. Drawing more high-noise timesteps reweights
+        the denoising objective towards the steps that decide the
+        composition (the noise-schedule observations of Hoogeboom et al.
+        2023, "simple diffusion", and Chen 2023, "On the importance of noise
+        scheduling for diffusion models"). Sampling is unchanged.
+        """
+        t = torch.randint(0, num_timesteps, (batch_size,), device=self.device)
+        prob, start = self.train_cfg['high_noise_prob'], self.train_cfg['high_noise_from']
+        if prob > 0:
+            if not 0 <= start < num_timesteps:
+                raise ValueError(f'train_cfg.high_noise_from must be in [0, {num_timesteps}), '
+                                 f'got {start}')
+            high = torch.randint(start, num_timesteps, (batch_size,), device=self.device)
+            t = torch.where(torch.rand(batch_size, device=self.device) < prob, high, t)
+        return t
 
     def predict(self, batch: dict) -> List[dict]:
         """Sample one image per prompt with per-item seeds.

@@ -205,6 +205,11 @@ class Text2ImUNet(nn.Module):
         n_vocab (int): token vocabulary (50257, GPT-2 BPE).
         dtype (str): ``'fp32'`` (default), ``'fp16'`` or ``'bf16'`` weights and
             activations; normalisation stays float32.
+        norm_groups (int): groups of every GroupNorm (GLIDE: 32). Each
+            group's spatial mean is normalised away, so with one channel per
+            group (32 groups on a 32-channel level) the output head cannot
+            shift an image's overall colour, which the eps prediction must
+            do at high noise: narrow models need fewer groups.
     """
 
     #: the input stacks this many ``in_channels``-wide images (noisy image + conditioning)
@@ -230,7 +235,8 @@ class Text2ImUNet(nn.Module):
                  xf_final_ln: bool = True,
                  xf_padding: bool = True,
                  n_vocab: int = 50257,
-                 dtype: str = 'fp32'):
+                 dtype: str = 'fp32',
+                 norm_groups: int = 32):
         super().__init__()
         if channel_mult is None:
             if image_size not in DEFAULT_CHANNEL_MULT:
@@ -295,7 +301,17 @@ class Text2ImUNet(nn.Module):
                 self.out_blocks.append(EmbedSequential(*layers))
 
         self.out = OutputHead(ch, out_channels)
+        self._set_norm_groups(norm_groups)
         self.set_dtype(dtype)
+
+    def _set_norm_groups(self, groups: int) -> None:
+        norms = [m for m in self.modules() if isinstance(m, FP32GroupNorm)]
+        bad = sorted({m.num_channels for m in norms if m.num_channels % groups})
+        if groups < 1 or bad:
+            raise ValueError(f'norm_groups={groups} must divide the channels of every '
+                             f'GroupNorm, which are {bad} here')
+        for norm in norms:
+            norm.num_groups = groups
 
     # ------------------------------------------------------------------ dtype
     def set_dtype(self, dtype: str) -> 'Text2ImUNet':
