@@ -282,6 +282,8 @@ def test_norm_groups_set_every_group_norm_and_are_checked(reference_model):
     with pytest.raises(ValueError, match=r'norm_groups=24 must divide the channels of every '
                                          r'GroupNorm, which are \[32, 64, 128\] here'):
         _tiny_unet(norm_groups=24)
+    with pytest.raises(ValueError, match='norm_groups must be positive, got 0'):
+        _tiny_unet(norm_groups=0)
 
 
 def test_one_channel_per_group_blocks_global_colour_shifts():

@@ -305,9 +305,11 @@ class Text2ImUNet(nn.Module):
         self.set_dtype(dtype)
 
     def _set_norm_groups(self, groups: int) -> None:
+        if groups < 1:
+            raise ValueError(f'norm_groups must be positive, got {groups}')
         norms = [m for m in self.modules() if isinstance(m, FP32GroupNorm)]
         bad = sorted({m.num_channels for m in norms if m.num_channels % groups})
-        if groups < 1 or bad:
+        if bad:
             raise ValueError(f'norm_groups={groups} must divide the channels of every '
                              f'GroupNorm, which are {bad} here')
         for norm in norms:
