@@ -227,15 +227,35 @@ def test_train_timesteps_uniform_or_focused_on_high_noise(base_model, monkeypatc
         base_model.sample_train_timesteps(4, 1000)
 
 
-def test_bad_high_noise_prob():
+@pytest.mark.parametrize('train_cfg, message', [
+    (dict(high_noise_prob=1.5), r'high_noise_prob must be in \[0, 1\], got 1.5'),
+    (dict(offset_noise=-0.1), r'offset_noise must be >= 0, got -0.1'),
+])
+def test_bad_train_cfg(train_cfg, message):
     from projects.glide.models import Glide
     unet = dict(type='Text2ImUNet', image_size=8, base_channels=32, channel_mult=(1, ),
                 resblocks_per_downsample=1, attention_res=(), num_head_channels=32, text_ctx=4,
                 xf_width=32,
                 xf_layers=1, xf_heads=1)
-    with pytest.raises(ValueError, match=r'high_noise_prob must be in \[0, 1\], got 1.5'):
+    with pytest.raises(ValueError, match=message):
         Glide(unet=unet, diffusion_scheduler=dict(type='GlideDDIMScheduler'),
-              tokenizer=dict(type='GlideTokenizer', text_ctx=4), train_cfg=dict(high_noise_prob=1.5))
+              tokenizer=dict(type='GlideTokenizer', text_ctx=4), train_cfg=train_cfg)
+
+
+def test_train_noise_white_or_with_per_channel_offset(base_model, monkeypatch):
+    x0 = torch.zeros(64, 3, 16, 16)
+    torch.manual_seed(0)
+    white = torch.randn_like(x0)
+    torch.manual_seed(0)
+    assert torch.equal(base_model.train_noise(x0), white)  # GLIDE default
+    monkeypatch.setitem(base_model.train_cfg, 'offset_noise', 0.5)
+    torch.manual_seed(0)
+    offset = base_model.train_noise(x0) - white  # same white draw first, then the offsets
+    assert offset.shape == x0.shape
+    # one constant per image and channel, standard deviation 0.5 over the 192 of them
+    torch.testing.assert_close(offset, offset[:, :, :1, :1].expand_as(offset))
+    assert 0.4 < offset[:, :, 0, 0].std().item() < 0.6
+    assert len(offset[:, :, 0, 0].unique()) == 64 * 3
 
 
 def test_mse_weights_truncated_snr(base_model, monkeypatch):

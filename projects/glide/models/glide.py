@@ -69,7 +69,8 @@ class Glide(BaseModel):
             needs), ``high_noise_prob`` and ``high_noise_from`` (see
             :meth:`sample_train_timesteps`; default 0, GLIDE's uniform
             timesteps) and ``max_mse_weight`` (see :meth:`mse_weights`;
-            default None, GLIDE's unweighted eps MSE).
+            default None, GLIDE's unweighted eps MSE) and ``offset_noise``
+            (see :meth:`train_noise`; default 0, GLIDE's white noise).
         test_cfg (dict | None): default keyword arguments of :meth:`infer` for
             ``val_step``/``test_step`` (``guidance_scale``, ``num_inference_steps``...).
         data_preprocessor (dict | None): defaults to mmengine's
@@ -102,10 +103,14 @@ class Glide(BaseModel):
         if not isinstance(self.tokenizer, GlideTokenizer):
             raise TypeError(f'tokenizer must build a GlideTokenizer, got {type(self.tokenizer).__name__}')
         self.train_cfg = {**dict(stage='base', caption_dropout=0.2, high_noise_prob=0.,
-                                 high_noise_from=900, max_mse_weight=None), **(train_cfg or {})}
+                                 high_noise_from=900, max_mse_weight=None, offset_noise=0.),
+                          **(train_cfg or {})}
         if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
             raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
                              f"{self.train_cfg['high_noise_prob']}")
+        if not self.train_cfg['offset_noise'] >= 0:
+            raise ValueError('train_cfg.offset_noise must be >= 0, got '
+                             f"{self.train_cfg['offset_noise']}")
         self.test_cfg = dict(test_cfg or {})
         self.set_dtype('fp16' if use_fp16 else dtype)
         self.set_memory_format(memory_format)
@@ -459,7 +464,7 @@ class Glide(BaseModel):
         prompts = ['' if d else p for p, d in zip(prompts, drop.tolist())]
         tokens, mask = self.tokenizer(prompts, device=self.device)
         t = self.sample_train_timesteps(b, diffusion.num_timesteps)
-        noise = torch.randn_like(x0)
+        noise = self.train_noise(x0)
         x_t = diffusion.q_sample(x0, t, noise)
         cond = {}
         if unet is self.unet_up:
@@ -468,6 +473,27 @@ class Glide(BaseModel):
         losses = diffusion.training_losses(out.float(), x0, x_t, t, noise)
         mse = losses['mse'] * self.mse_weights(diffusion.alphas_cumprod, t)
         return dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
+
+    def train_noise(self, x0: torch.Tensor) -> torch.Tensor:
+        """The training noise for images ``x0`` (B, C, H, W): white noise,
+        plus ``train_cfg.offset_noise`` times one standard normal draw per
+        image and channel, constant over the pixels ("offset noise",
+        Guttenberg 2023).
+
+        Why: with white noise the mean of ``x_t`` over H*W pixels carries the
+        mean of ``x0`` with only 1/sqrt(H*W) of noise, so a model can read an
+        image's overall colour from ``x_t`` at every timestep but the last
+        ~1% and has no reason to take it from the text; sampling starts from
+        a colour-neutral ``x_T`` and keeps whatever colour the first steps
+        guess. The offset hides that mean at high noise, so only the prompt
+        can supply it. Sampling is unchanged (white ``x_T``).
+        """
+        noise = torch.randn_like(x0)
+        offset = self.train_cfg['offset_noise']
+        if offset > 0:
+            noise = noise + offset * torch.randn(*x0.shape[:2], 1, 1, device=x0.device,
+                                                 dtype=x0.dtype)
+        return noise
 
     def mse_weights(self, alphas_cumprod, t: torch.Tensor) -> torch.Tensor:
         """(B,) weights of the eps MSE at timesteps ``t``: all ones (GLIDE)
