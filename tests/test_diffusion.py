@@ -125,6 +125,19 @@ def test_respaced_process_arrays():
     assert full.timestep_map.tolist() == list(range(1000))
 
 
+def test_inverse_snr_lookup():
+    d = GaussianDiffusion.from_schedule('squaredcos_cap_v2', 1000, '100')
+    abar = _cosine_abar64()[respaced_timesteps('100')]
+    t = torch.tensor([0, 50, 99, 50])
+    got = d.inverse_snr(t, 4)
+    assert got.dtype == torch.float32 and got.shape == (4, )
+    torch.testing.assert_close(got, torch.from_numpy((1 - abar[t]) / abar[t]).float())
+    assert got[0] < 1e-3 and got[2] > 1e6  # SNR falls from ~1e4 to ~1e-7 over the schedule
+    torch.testing.assert_close(d.inverse_snr(50, 3), got[1].expand(3))
+    with pytest.raises(ValueError, match=r'step index out of range \[0, 100\)'):
+        d.inverse_snr(torch.tensor([100]), 1)
+
+
 # --------------------------------------------------------------------------
 # reverse process against the reference
 # --------------------------------------------------------------------------

@@ -111,6 +111,11 @@ class Glide(BaseModel):
         if not self.train_cfg['offset_noise'] >= 0:
             raise ValueError('train_cfg.offset_noise must be >= 0, got '
                              f"{self.train_cfg['offset_noise']}")
+        if self.train_cfg['high_noise_prob'] > 0:
+            num_timesteps = self._stage(self.train_cfg['stage'])[1].train_diffusion.num_timesteps
+            if not 0 <= self.train_cfg['high_noise_from'] < num_timesteps:
+                raise ValueError(f'train_cfg.high_noise_from must be in [0, {num_timesteps}), '
+                                 f"got {self.train_cfg['high_noise_from']}")
         self.test_cfg = dict(test_cfg or {})
         self.set_dtype('fp16' if use_fp16 else dtype)
         self.set_memory_format(memory_format)
@@ -471,7 +476,7 @@ class Glide(BaseModel):
             cond['low_res'] = quantize_8bit(batch['low_res'].to(self.device, torch.float32))
         out = unet(x_t, t, tokens, mask, **cond)
         losses = diffusion.training_losses(out.float(), x0, x_t, t, noise)
-        mse = losses['mse'] * self.mse_weights(diffusion.alphas_cumprod, t)
+        mse = losses['mse'] * self.mse_weights(diffusion.inverse_snr(t, b).to(self.device))
         return dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
 
     def train_noise(self, x0: torch.Tensor) -> torch.Tensor:
@@ -495,11 +500,11 @@ class Glide(BaseModel):
                                                  dtype=x0.dtype)
         return noise
 
-    def mse_weights(self, alphas_cumprod, t: torch.Tensor) -> torch.Tensor:
-        """(B,) weights of the eps MSE at timesteps ``t``: all ones (GLIDE)
-        unless ``train_cfg.max_mse_weight`` is set, then
-        ``min(max(1, 1 / SNR(t)), max_mse_weight)`` with
-        ``SNR = alpha_bar / (1 - alpha_bar)``.
+    def mse_weights(self, inverse_snr: torch.Tensor) -> torch.Tensor:
+        """(B,) weights of the eps MSE for rows with ``1 / SNR(t)`` given
+        (``GaussianDiffusion.inverse_snr``): all ones (GLIDE) unless
+        ``train_cfg.max_mse_weight`` is set, then
+        ``min(max(1, 1 / SNR), max_mse_weight)``.
 
         Since ``|eps - eps_hat|^2 = SNR * |x0 - x0_hat|^2``, the plain eps MSE
         hardly penalises a wrong x0 where the SNR is small, which is exactly
@@ -511,10 +516,8 @@ class Glide(BaseModel):
         """
         cap = self.train_cfg['max_mse_weight']
         if cap is None:
-            return torch.ones(t.shape, device=t.device)
-        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)[t.cpu()]
-        weight = ((1 - abar) / abar).clamp(min=1, max=float(cap))
-        return weight.to(t.device, torch.float32)
+            return torch.ones_like(inverse_snr)
+        return inverse_snr.clamp(min=1, max=float(cap))
 
     def sample_train_timesteps(self, batch_size: int, num_timesteps: int) -> torch.Tensor:
         """(B,) training timesteps: uniform on [0, T) (GLIDE), except that with
@@ -535,9 +538,6 @@ class Glide(BaseModel):
         t = torch.randint(0, num_timesteps, (batch_size,), device=self.device)
         prob, start = self.train_cfg['high_noise_prob'], self.train_cfg['high_noise_from']
         if prob > 0:
-            if not 0 <= start < num_timesteps:
-                raise ValueError(f'train_cfg.high_noise_from must be in [0, {num_timesteps}), '
-                                 f'got {start}')
             high = torch.randint(start, num_timesteps, (batch_size,), device=self.device)
             t = torch.where(torch.rand(batch_size, device=self.device) < prob, high, t)
         return t

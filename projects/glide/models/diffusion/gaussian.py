@@ -231,6 +231,13 @@ class GaussianDiffusion:
         log_variance = _extract(self.posterior_log_variance_clipped, idx, x_t)
         return mean, variance, log_variance
 
+    def inverse_snr(self, t: IndexLike, batch_size: int) -> torch.Tensor:
+        """(B,) float32 ``1 / SNR(t) = (1 - abar_t) / abar_t`` on the CPU: the
+        factor between the x0 and the eps squared error,
+        ``|x0 - x0_hat|^2 = |eps - eps_hat|^2 / SNR``."""
+        idx = self._index(t, batch_size)
+        return _extract(self.sqrt_recipm1_alphas_cumprod**2, idx, idx)
+
     # ------------------------------------------------------------------
     # x0 / eps conversions
     # ------------------------------------------------------------------
