@@ -26,7 +26,7 @@ model = dict(
     # was 8 dB PSNR and samples drifted in colour. Weight the x0 error where
     # SNR < 1 (Glide.mse_weights). Offset noise (from iteration 2,400) hides
     # the overall colour in x_t, so the model takes it from the low-res input
-    # rather than from a chain that drifted: fast27 PSNR 17.2 -> 24.3 dB in the
+    # rather than from a chain that drifted: fast27 PSNR 14.1 -> 24.1 dB in the
     # next 600 iterations (docs/default_model.md).
     train_cfg=dict(stage='upsampler', high_noise_prob=0., max_mse_weight=1000., offset_noise=0.1),
     test_cfg=dict(guidance_scale=3., num_inference_steps=25, num_inference_steps_up='fast27'))
