@@ -323,6 +323,29 @@ def test_denoised_fn_before_clip():
     assert torch.equal(out.pred_xstart, torch.ones_like(x))
 
 
+@pytest.mark.parametrize('cls', [GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler])
+def test_clip_sample_setting_and_per_call_override(cls):
+    """clip_sample=False keeps x0 guesses outside [-1, 1]; step's
+    clip_denoised overrides the setting either way; GLIDE's default clamps."""
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
+    mo = torch.zeros(2, 6, 4, 4)  # eps = 0 -> x0 = x_t / sqrt(abar), beyond +-1
+    noise = torch.zeros_like(x)
+
+    def x0(sched, **kw):
+        sched.set_timesteps(10)
+        return sched.step(mo, sched.timesteps[-2], x, noise=noise, **kw).pred_xstart
+
+    clamped, free = x0(cls()), x0(cls(clip_sample=False))
+    assert cls().clip_sample is True and clamped.abs().max() == 1.0
+    assert free.abs().max() > 3.0
+    sched = cls(clip_sample=False)
+    sched.set_timesteps(10)
+    a = float(sched.diffusion.alphas_cumprod[1])  # timesteps[-2] is respaced index 1
+    torch.testing.assert_close(free, x / a**0.5)
+    torch.testing.assert_close(x0(cls(clip_sample=False), clip_denoised=True), clamped)
+    torch.testing.assert_close(x0(cls(), clip_denoised=False), free)
+
+
 def test_half_inputs():
     x = torch.randn(2, 3, 8, 8)
     mo = torch.randn(2, 6, 8, 8).clamp(-2, 2)

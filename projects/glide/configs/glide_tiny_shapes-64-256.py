@@ -18,8 +18,13 @@ model = dict(
         xf_layers=1,
         xf_heads=1,
         norm_groups=8),
+    # No clamp of the x0 guesses while upsampling: most channels of the
+    # shapes colours are 0 or 255, where clamping a noisy guess removes only
+    # its outward errors, so flat areas drifted inward by 2-5 levels
+    # (iteration 6,000, 8 held-out scenes: PSNR 31.05 -> 31.99 dB without it).
     diffusion_scheduler_up=dict(
-        type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='linear'),
+        type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='linear',
+        clip_sample=False),
     # At high noise only the low-res input tells the colours, but the plain eps
     # MSE weighs the x0 error there by SNR ~ 0, so an upsampler trained with it
     # copies the input late: after 1,000 iterations its x0 guess at t = 700

@@ -268,7 +268,8 @@ class Glide(BaseModel):
         if sampler is None:
             return self.diffusion_scheduler
         base = self.diffusion_scheduler
-        schedule = dict(num_train_timesteps=base.num_train_timesteps, beta_schedule=base.beta_schedule)
+        schedule = dict(num_train_timesteps=base.num_train_timesteps, beta_schedule=base.beta_schedule,
+                        clip_sample=base.clip_sample)
         if isinstance(sampler, dict):
             return DIFFUSION_SCHEDULERS.build({**schedule, **sampler})
         if not isinstance(sampler, str) or sampler not in SAMPLERS:

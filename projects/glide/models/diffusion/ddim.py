@@ -18,6 +18,8 @@ class GlideDDIMScheduler(GlideSchedulerBase):
         beta_schedule: ``'squaredcos_cap_v2'`` (GLIDE) or ``'linear'``.
         eta: DDIM stochasticity; 0 (default) is the deterministic sampler
             GLIDE's reference notebooks use.
+        clip_sample: clamp x0 predictions to [-1, 1] (GLIDE: True; see
+            ``GlideSchedulerBase``).
 
     Each step takes the x0 prediction (``denoised_fn`` applied, clamped to
     [-1, 1]), re-derives eps from it and moves to the previous kept
@@ -27,9 +29,10 @@ class GlideDDIMScheduler(GlideSchedulerBase):
     def __init__(self,
                  num_train_timesteps: int = 1000,
                  beta_schedule: str = 'squaredcos_cap_v2',
-                 eta: float = 0.0):
+                 eta: float = 0.0,
+                 clip_sample: bool = True):
         self.eta = float(eta)
-        super().__init__(num_train_timesteps, beta_schedule)
+        super().__init__(num_train_timesteps, beta_schedule, clip_sample)
 
     def step(self,
              model_output: torch.Tensor,
@@ -38,7 +41,7 @@ class GlideDDIMScheduler(GlideSchedulerBase):
              generator: Optional[torch.Generator] = None,
              denoised_fn: DenoisedFn = None,
              noise: Optional[torch.Tensor] = None,
-             clip_denoised: bool = True) -> GlideSchedulerOutput:
+             clip_denoised: Optional[bool] = None) -> GlideSchedulerOutput:
         """One DDIM step.
 
         Args:
@@ -50,7 +53,8 @@ class GlideDDIMScheduler(GlideSchedulerBase):
             generator: for the noise when ``eta != 0``.
             denoised_fn: applied to the x0 prediction before clamping.
             noise: explicit noise instead of drawing it (eta != 0 only).
-            clip_denoised: clamp x0 to [-1, 1] (GLIDE: True).
+            clip_denoised: clamp x0 to [-1, 1]; None (default) -> the
+                scheduler's ``clip_sample`` (GLIDE: True).
         """
         idx = self.index_for_timestep(timestep, sample.shape[0])
         if self.eta != 0:
@@ -61,7 +65,7 @@ class GlideDDIMScheduler(GlideSchedulerBase):
             idx,
             eta=self.eta,
             noise=noise,
-            clip_denoised=clip_denoised,
+            clip_denoised=self._clip(clip_denoised),
             denoised_fn=denoised_fn)
         return GlideSchedulerOutput(
             prev_sample=out['sample'].to(sample.dtype),

@@ -17,6 +17,8 @@ class GlideDDPMScheduler(GlideSchedulerBase):
     Args:
         num_train_timesteps: T of the training process (1000).
         beta_schedule: ``'squaredcos_cap_v2'`` (GLIDE) or ``'linear'``.
+        clip_sample: clamp x0 predictions to [-1, 1] (GLIDE: True; see
+            ``GlideSchedulerBase``).
 
     The model must output 2C channels (eps, then learned-range variance
     values in [-1, 1]).  Noise is drawn at every step, the last one included
@@ -31,7 +33,7 @@ class GlideDDPMScheduler(GlideSchedulerBase):
              generator: Optional[torch.Generator] = None,
              denoised_fn: DenoisedFn = None,
              noise: Optional[torch.Tensor] = None,
-             clip_denoised: bool = True) -> GlideSchedulerOutput:
+             clip_denoised: Optional[bool] = None) -> GlideSchedulerOutput:
         """One ancestral step.
 
         Args:
@@ -44,7 +46,8 @@ class GlideDDPMScheduler(GlideSchedulerBase):
                 dtype=sample.dtype)``.
             denoised_fn: applied to the x0 prediction before clamping.
             noise: explicit noise instead of drawing it.
-            clip_denoised: clamp x0 to [-1, 1] (GLIDE: True).
+            clip_denoised: clamp x0 to [-1, 1]; None (default) -> the
+                scheduler's ``clip_sample`` (GLIDE: True).
         """
         idx = self.index_for_timestep(timestep, sample.shape[0])
         noise = self._noise(sample, generator, noise)
@@ -53,7 +56,7 @@ class GlideDDPMScheduler(GlideSchedulerBase):
             sample,
             idx,
             noise=noise,
-            clip_denoised=clip_denoised,
+            clip_denoised=self._clip(clip_denoised),
             denoised_fn=denoised_fn)
         return GlideSchedulerOutput(
             prev_sample=out['sample'].to(sample.dtype),

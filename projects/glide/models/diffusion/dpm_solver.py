@@ -51,6 +51,8 @@ class GlideDPMSolverScheduler(GlideSchedulerBase):
     Args:
         num_train_timesteps: T of the training process (1000).
         beta_schedule: ``'squaredcos_cap_v2'`` (GLIDE) or ``'linear'``.
+        clip_sample: clamp x0 predictions to [-1, 1] (GLIDE: True; see
+            ``GlideSchedulerBase``).
 
     State: the previous step's x0 prediction and its step index, cleared by
     :meth:`set_timesteps`.  The second-order correction is used only when
@@ -80,7 +82,7 @@ class GlideDPMSolverScheduler(GlideSchedulerBase):
              generator: Optional[torch.Generator] = None,
              denoised_fn: DenoisedFn = None,
              noise: Optional[torch.Tensor] = None,
-             clip_denoised: bool = True) -> GlideSchedulerOutput:
+             clip_denoised: Optional[bool] = None) -> GlideSchedulerOutput:
         """One DPM-Solver++(2M) step.
 
         Args:
@@ -92,7 +94,8 @@ class GlideDPMSolverScheduler(GlideSchedulerBase):
             generator: unused (deterministic sampler).
             noise: unused (deterministic sampler).
             denoised_fn: applied to the x0 prediction before clamping.
-            clip_denoised: clamp x0 to [-1, 1] (default True).
+            clip_denoised: clamp x0 to [-1, 1]; None (default) -> the
+                scheduler's ``clip_sample`` (GLIDE: True).
         """
         idx = self.index_for_timestep(timestep, sample.shape[0])
         i = int(idx[0])
@@ -100,7 +103,7 @@ class GlideDPMSolverScheduler(GlideSchedulerBase):
             raise ValueError('GlideDPMSolverScheduler needs the same '
                              'timestep for the whole batch.')
         x0 = self.diffusion.pred_xstart(model_output, sample, idx,
-                                        clip_denoised, denoised_fn)
+                                        self._clip(clip_denoised), denoised_fn)
         x = sample.to(x0.dtype)
         if i == 0:
             prev = x0

@@ -477,6 +477,12 @@ class GlideSchedulerBase:
     Args:
         num_train_timesteps: T of the training process (1000 for GLIDE).
         beta_schedule: ``'squaredcos_cap_v2'`` (GLIDE) or ``'linear'``.
+        clip_sample: clamp every x0 prediction to [-1, 1] before the update
+            (GLIDE's ``clip_denoised``, default True); ``step``'s
+            ``clip_denoised`` overrides it per call. Turning it off helps
+            flat images whose colours sit on the range ends (0 or 255): a
+            noisy x0 guess there loses only its outward errors to the clamp,
+            so the chain drifts inward (docs/default_model.md, upsampler).
 
     After construction the scheduler covers all ``num_train_timesteps``
     steps; :meth:`set_timesteps` respaces it.  ``timesteps`` always holds the
@@ -488,9 +494,11 @@ class GlideSchedulerBase:
 
     def __init__(self,
                  num_train_timesteps: int = 1000,
-                 beta_schedule: str = 'squaredcos_cap_v2'):
+                 beta_schedule: str = 'squaredcos_cap_v2',
+                 clip_sample: bool = True):
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = beta_schedule
+        self.clip_sample = bool(clip_sample)
         self.betas = get_named_beta_schedule(beta_schedule,
                                              num_train_timesteps)
         self.train_diffusion = GaussianDiffusion.from_schedule(
@@ -552,6 +560,10 @@ class GlideSchedulerBase:
                 f'{self.num_inference_steps} kept timesteps of this '
                 'scheduler; call the model with a value from '
                 '`scheduler.timesteps`.') from None
+
+    def _clip(self, clip_denoised: Optional[bool]) -> bool:
+        """``step``'s ``clip_denoised``, or ``clip_sample`` when it is None."""
+        return self.clip_sample if clip_denoised is None else bool(clip_denoised)
 
     def scale_model_input(self, sample: torch.Tensor,
                           timestep=None) -> torch.Tensor:
