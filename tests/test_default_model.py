@@ -1,12 +1,15 @@
-"""The bundled default model: it ships, loads strictly and drives the demo
-with no arguments beyond a prompt (the README's main command)."""
+"""The bundled default models (the 64x64 base and the 64->256 cascade): they
+ship, load strictly and the cascade drives the demo with no arguments beyond
+a prompt (the README's main command)."""
 import torch
 from PIL import Image
 
 from conftest import ROOT, run_tool
 
 WEIGHTS = ROOT / 'projects' / 'glide' / 'weights'
-CONFIG = ROOT / 'projects' / 'glide' / 'configs' / 'glide_tiny_shapes-64x64.py'
+CONFIGS = ROOT / 'projects' / 'glide' / 'configs'
+SHIPPED = {'glide_tiny_shapes-64-256.pth': 'glide_tiny_shapes-64-256.py',
+           'glide_tiny_shapes-64x64.pth': 'glide_tiny_shapes-64x64.py'}
 
 
 def test_weights_ship_small_and_load_strictly():
@@ -14,21 +17,31 @@ def test_weights_ship_small_and_load_strictly():
 
     from mmagic.apis import init_model
     files = sorted(WEIGHTS.glob('*.pth'))
-    assert [f.name for f in files] == ['glide_tiny_shapes-64x64.pth']
-    assert sum(f.stat().st_size for f in files) < 30 * 2**20
-    saved = torch.load(files[0], weights_only=True)
-    assert saved['meta']['iter'] > 0
+    assert [f.name for f in files] == sorted(SHIPPED)
+    assert sum(f.stat().st_size for f in files) < 30 * 10**6
     init_default_scope('mmagic')
-    model = init_model(str(CONFIG), str(files[0]), device='cpu')
-    key = 'unet.out.conv.weight'
-    assert torch.equal(model.state_dict()[key], saved['state_dict'][key].float())
+    saved = {}
+    for f in files:
+        saved[f.name] = torch.load(f, weights_only=True)
+        assert saved[f.name]['meta']['iter'] > 0
+        model = init_model(str(CONFIGS / SHIPPED[f.name]), str(f), device='cpu')
+        for key in ('unet.out.conv.weight', 'unet_up.out.conv.weight'):
+            if key in saved[f.name]['state_dict']:
+                assert torch.equal(model.state_dict()[key],
+                                   saved[f.name]['state_dict'][key].float())
+    cascade, base = saved['glide_tiny_shapes-64-256.pth'], saved['glide_tiny_shapes-64x64.pth']
+    assert cascade['meta']['upsampler_iter'] > 0
+    # the cascade's first stage is the shipped 64x64 model
+    assert cascade['meta']['iter'] == base['meta']['iter']
+    assert all(torch.equal(v, cascade['state_dict'][k]) for k, v in base['state_dict'].items())
 
 
 def test_demo_defaults_write_a_captioned_png(tmp_path):
     out = tmp_path / 'demo.png'
     proc = run_tool('tools/glide_demo.py', 'a red circle above a blue square on a yellow background',
-                    '--steps', '3', '--out', out)
-    assert 'GLIDE base' in proc.stderr  # progress bar
+                    '--steps', '3', '--steps-up', '3', '--out', out)
+    assert 'GLIDE base' in proc.stderr and 'GLIDE upsampler' in proc.stderr  # progress bars
     with Image.open(out) as im:
-        assert im.mode == 'RGB' and im.size[0] >= 64 and im.size[1] > 64
+        # one 256x256 image (plus a frame) above its caption
+        assert im.mode == 'RGB' and 256 <= im.size[0] < 300 and im.size[1] > 256
         assert im.text['prompts'] == 'a red circle above a blue square on a yellow background'

@@ -5,10 +5,9 @@
         [--steps N] [--steps-up N] [--out out.png] [--device cpu|cuda]
         [--image in.png --mask mask.png]
 
-Defaults: the bundled tiny shapes model
-(projects/glide/configs/glide_tiny_shapes-64x64.py with
-projects/glide/weights/glide_tiny_shapes-64x64.pth; its 64->256 upsampler is
-not trained yet), the prompt
+Defaults: the bundled tiny shapes cascade, 64x64 base then 64->256 upsampler
+(projects/glide/configs/glide_tiny_shapes-64-256.py with
+projects/glide/weights/glide_tiny_shapes-64-256.pth), the prompt
 'a red circle above a blue square on a yellow background', one image per
 prompt, seed 0 (prompt i uses seed S + i), the config's test_cfg for
 guidance and steps, cuda when available.
@@ -32,9 +31,9 @@ if REPO_ROOT not in sys.path:
 
 DEFAULT_PROMPT = 'a red circle above a blue square on a yellow background'
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs',
-                          'glide_tiny_shapes-64x64.py')
+                          'glide_tiny_shapes-64-256.py')
 DEFAULT_CHECKPOINT = osp.join(REPO_ROOT, 'projects', 'glide', 'weights',
-                              'glide_tiny_shapes-64x64.pth')
+                              'glide_tiny_shapes-64-256.pth')
 
 
 from projects.glide.engine.cli_checks import UsageError, check_file  # noqa: E402
@@ -77,10 +76,10 @@ def parse_args(argv=None):
         description='GLIDE text to image: prompts in, a captioned PNG grid out')
     parser.add_argument('prompts', nargs='*', help=f'prompts (default: {DEFAULT_PROMPT!r})')
     parser.add_argument('--config', default=None,
-                        help='model config (default: the tiny shapes 64x64 model)')
+                        help='model config (default: the tiny shapes 64->256 cascade)')
     parser.add_argument('--checkpoint', default=None,
                         help='weights (default: '
-                        'projects/glide/weights/glide_tiny_shapes-64x64.pth)')
+                        'projects/glide/weights/glide_tiny_shapes-64-256.pth)')
     parser.add_argument('--batch-size', type=_positive_int, default=1,
                         help='images per prompt (default 1)')
     parser.add_argument('--seed', type=_seed, default=0,

@@ -46,7 +46,7 @@ train_dataloader = dict(
     batch_size=16,
     dataset=dict(type='ShapesDataset', split='train', size=200_000, seed=2, resolution=256,
                  low_res=64, crop=128))
-train_cfg = dict(max_iters=6000)
+train_cfg = dict(max_iters=7200)
 # only unet_up learns in this stage; the base UNet gets no gradients
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)
 test_dataloader = dict(
