@@ -22,8 +22,8 @@ class GlideDDIMScheduler(GlideSchedulerBase):
             ``GlideSchedulerBase``).
 
     Each step takes the x0 prediction (``denoised_fn`` applied, clamped to
-    [-1, 1]), re-derives eps from it and moves to the previous kept
-    timestep; the last step (original timestep of index 0) returns x0.
+    [-1, 1] unless ``clip_sample`` is off), re-derives eps from it and moves
+    to the previous kept timestep; the last step (original timestep of index 0) returns x0.
     """
 
     def __init__(self,

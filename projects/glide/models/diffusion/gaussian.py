@@ -465,7 +465,7 @@ class GlideSchedulerOutput:
         prev_sample: the sample at the next (smaller) kept timestep, in the
             input's dtype.
         pred_xstart: the processed x0 prediction (denoised_fn applied,
-            clipped), in the input's dtype.
+            clipped unless clipping is off), in the input's dtype.
     """
     prev_sample: torch.Tensor
     pred_xstart: torch.Tensor
