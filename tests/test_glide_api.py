@@ -227,6 +227,7 @@ def test_train_timesteps_uniform_or_focused_on_high_noise(base_model, monkeypatc
 @pytest.mark.parametrize('train_cfg, message', [
     (dict(high_noise_prob=1.5), r'high_noise_prob must be in \[0, 1\], got 1.5'),
     (dict(offset_noise=-0.1), r'offset_noise must be >= 0, got -0.1'),
+    (dict(foreground_weight=-1), r'foreground_weight must be >= 0, got -1'),
     (dict(high_noise_prob=0.5, high_noise_from=1000),
      r'high_noise_from must be in \[0, 1000\), got 1000'),
     (dict(high_noise_prob=0.5, stage='upsampler'),
@@ -259,6 +260,21 @@ def test_train_noise_white_or_with_per_channel_offset(base_model, monkeypatch):
     assert len(offset[:, :, 0, 0].unique()) == 64 * 3
 
 
+def test_pixel_weights_mark_the_foreground(base_model, monkeypatch):
+    x0 = torch.full((2, 3, 16, 16), -1.)
+    x0[0, 0, 4:8, 4:8] = 1.  # a red-ish square on black
+    x0[1] = 1.
+    x0[1, :, 10:, 0:6] = 0.5  # a grey block touching the border of a white image
+    assert base_model.pixel_weights(x0) is None  # GLIDE default
+    monkeypatch.setitem(base_model.train_cfg, 'foreground_weight', 4.)
+    weights = base_model.pixel_weights(x0)
+    assert weights.shape == (2, 1, 16, 16)
+    expected = torch.ones(2, 1, 16, 16)
+    expected[0, 0, 4:8, 4:8] = 5.
+    expected[1, 0, 10:, 0:6] = 5.
+    torch.testing.assert_close(weights, expected)
+
+
 def test_mse_weights_truncated_snr(base_model, monkeypatch):
     abar = torch.tensor([0.9, 0.5, 0.2, 1e-4, 0.2], dtype=torch.float64)
     inverse_snr = ((1 - abar) / abar).float()
@@ -269,20 +285,37 @@ def test_mse_weights_truncated_snr(base_model, monkeypatch):
                                torch.tensor([1., 1., 4., 100., 4.]))
 
 
-def test_loss_applies_mse_weights(base_model, monkeypatch):
-    """The same draw of timesteps/noise gives a larger eps MSE once the
-    high-noise rows are weighted; the vb term is unchanged."""
-    batch = dict(img=torch.rand(4, 3, 64, 64) * 2 - 1, prompt=['a', 'b', 'c', 'd'])
-    monkeypatch.setitem(base_model.train_cfg, 'caption_dropout', 0.)
-    monkeypatch.setitem(base_model.train_cfg, 'high_noise_prob', 1.)  # all rows at t >= 900
+def _plain_and_weighted_mse(model, monkeypatch, batch, knob, value):
+    """The eps MSE of one draw of timesteps/noise without and with
+    ``train_cfg[knob] = value``; the vb term must not change."""
+    monkeypatch.setitem(model.train_cfg, 'caption_dropout', 0.)
     torch.manual_seed(3)
-    plain = base_model.loss(batch)
-    monkeypatch.setitem(base_model.train_cfg, 'max_mse_weight', 50.)
+    plain = model.loss(batch)
+    monkeypatch.setitem(model.train_cfg, knob, value)
     torch.manual_seed(3)
-    weighted = base_model.loss(batch)
+    weighted = model.loss(batch)
     torch.testing.assert_close(weighted['loss_vb'], plain['loss_vb'])
+    return plain['loss_mse'], weighted['loss_mse']
+
+
+def test_loss_applies_mse_weights(base_model, monkeypatch):
+    """The eps MSE grows once the high-noise rows are weighted."""
+    batch = dict(img=torch.rand(4, 3, 64, 64) * 2 - 1, prompt=['a', 'b', 'c', 'd'])
+    monkeypatch.setitem(base_model.train_cfg, 'high_noise_prob', 1.)  # all rows at t >= 900
+    plain, weighted = _plain_and_weighted_mse(base_model, monkeypatch, batch, 'max_mse_weight', 50.)
     # 1/SNR > 41 for every t >= 900 on the cosine schedule
-    assert weighted['loss_mse'] > 40 * plain['loss_mse']
+    assert weighted > 40 * plain
+
+
+def test_loss_applies_pixel_weights(base_model, monkeypatch):
+    """With weight w on the foreground, the eps MSE grows by about w times
+    the foreground's share of the pixels."""
+    x0 = torch.full((2, 3, 64, 64), -1.)
+    x0[:, 2, 20:40, 20:40] = 1.
+    batch = dict(img=x0, prompt=['a', 'b'])
+    plain, weighted = _plain_and_weighted_mse(base_model, monkeypatch, batch, 'foreground_weight', 3.)
+    # 400 of 4096 pixels weigh 4: about 1 + 3 * 400 / 4096 when errors are spread evenly
+    assert 1.15 < (weighted / plain).item() < 1.45
 
 
 def _tiny_unet(**kwargs):

@@ -34,9 +34,11 @@ model = dict(
     # of the training timesteps from the noisiest 15% and weight the eps MSE
     # like an x0 MSE where SNR < 1 (see Glide.sample_train_timesteps and
     # Glide.mse_weights). Offset noise (Glide.train_noise) hides the overall
-    # colour in x_t at high noise, so the prompt has to supply it.
+    # colour in x_t at high noise, so the prompt has to supply it. Shape
+    # pixels (2-20% of an image) weigh 1 + foreground_weight in the MSE
+    # (Glide.pixel_weights), so that a wrong shape colour costs enough.
     train_cfg=dict(stage='base', caption_dropout=0.2, high_noise_prob=0.25, high_noise_from=850,
-                   max_mse_weight=1000., offset_noise=0.15),
+                   max_mse_weight=1000., offset_noise=0.15, foreground_weight=4.),
     # the default sampler of this model: DDIM, 25 steps (docs/default_model.md scores use it)
     test_cfg=dict(guidance_scale=3., num_inference_steps=25))
 

@@ -410,7 +410,8 @@ class GaussianDiffusion:
     def training_losses(self, model_output: torch.Tensor,
                         x_start: torch.Tensor, x_t: torch.Tensor,
                         t: IndexLike,
-                        noise: torch.Tensor) -> Dict[str, torch.Tensor]:
+                        noise: torch.Tensor,
+                        pixel_weights: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """GLIDE's hybrid loss (plain MSE on eps + variational bound).
 
         Args:
@@ -420,9 +421,13 @@ class GaussianDiffusion:
             t: (B,) indices into this process (== timesteps for the full
                 training process).
             noise: the eps used to make ``x_t``.
+            pixel_weights: optional weights broadcastable to ``x_start``
+                (e.g. (B, 1, H, W)) of the squared eps error; the vb term
+                stays unweighted.
 
         Returns:
-            dict of (B,) tensors: ``mse`` = mean_flat((noise - eps)^2);
+            dict of (B,) tensors: ``mse`` = mean_flat(w * (noise - eps)^2)
+            (w = 1 without ``pixel_weights``);
             ``vb`` = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) in bits per dim
             for t > 0, discretised-Gaussian decoder NLL in bits per dim at
             t == 0, with the predicted mean detached (only the variance
@@ -450,7 +455,10 @@ class GaussianDiffusion:
         decoder_nll = mean_flat(decoder_nll) / np.log(2.0)
         vb = torch.where(idx.to(x_t.device) == 0, decoder_nll, kl)
 
-        mse = mean_flat((noise - eps)**2)
+        squared_error = (noise - eps)**2
+        if pixel_weights is not None:
+            squared_error = squared_error * pixel_weights.to(dtype)
+        mse = mean_flat(squared_error)
         return dict(mse=mse, vb=vb, loss=mse + vb)
 
 
