@@ -35,7 +35,7 @@ model = dict(
     # like an x0 MSE where SNR < 1 (see Glide.sample_train_timesteps and
     # Glide.mse_weights). Offset noise (Glide.train_noise) hides the overall
     # colour in x_t at high noise, so the prompt has to supply it. Shape
-    # pixels (2-20% of an image) weigh 1 + foreground_weight in the MSE
+    # pixels (2-30% of an image) weigh 1 + foreground_weight in the MSE
     # (Glide.pixel_weights), so that a wrong shape colour costs enough.
     train_cfg=dict(stage='base', caption_dropout=0.2, high_noise_prob=0.25, high_noise_from=850,
                    max_mse_weight=1000., offset_noise=0.15, foreground_weight=4.),

@@ -517,7 +517,7 @@ class Glide(BaseModel):
         The background is the per-channel median of the image's border
         pixels; a pixel is foreground where any channel differs from it by
         more than 0.1 (about 13 levels of 255). Meant for flat-background
-        data like the shapes world, whose objects cover 2-20% of the image:
+        data like the shapes world, whose objects cover 2-30% of the image:
         unweighted, a wrong shape colour costs so little beside the
         background that the loss barely asks the text for it.
         """
