@@ -379,6 +379,43 @@ def test_train_then_resume(tmp_path):
     assert 'ema_state_dict' in ckpt
 
 
+def test_train_init_from_keeps_the_weights_and_initialises_new_blocks(ckpts, tmp_path):
+    from projects.glide.checkpoint import load_checkpoint_file
+    weights = load_checkpoint_file(ckpts['base'])['state_dict']
+    old = {k: v for k, v in weights.items() if not k.endswith('.position_embedding')}
+    torch.save(dict(state_dict=old), tmp_path / 'old.pth')
+    opts = ['train_cfg.max_iters=1', 'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False', 'default_hooks.checkpoint.interval=1',
+            'model.unet.attention_position=True']
+    r = run([sys.executable, tool('train.py'), BASE_CFG, '--work-dir', 'wd', '--init-from', 'old.pth',
+             '--cfg-options', *opts], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    new_keys = ['unet.in_blocks.7.1.position_embedding', 'unet.in_blocks.8.1.position_embedding',
+                'unet.mid_blocks.1.position_embedding', 'unet.out_blocks.0.1.position_embedding',
+                'unet.out_blocks.1.1.position_embedding', 'unet.out_blocks.2.1.position_embedding']
+    assert (f'--init-from old.pth: {len(old)} tensors loaded, 6 initialised: ' + ', '.join(new_keys)
+            in r.stdout)
+    start = load_checkpoint_file(str(tmp_path / 'wd' / 'init_from.pth'))
+    assert start['meta'] == dict(init_from='old.pth', initialised=new_keys)
+    assert all(torch.equal(start['state_dict'][k], v) for k, v in old.items())
+    assert all((start['state_dict'][k] == 0).all() for k in new_keys)
+    assert 'Load checkpoint from wd/init_from.pth' in r.stdout + r.stderr
+    trained = load_checkpoint_file(str(tmp_path / 'wd' / 'iter_1.pth'))
+    assert trained['meta']['iter'] == 1
+    # a checkpoint of another model is refused before training starts
+    r = run([sys.executable, tool('train.py'), BASE_CFG, '--work-dir', 'wd2', '--init-from',
+             ckpts['cascade']], cwd=tmp_path)
+    assert r.returncode != 0
+    assert f'error: --init-from {ckpts["cascade"]} does not fit the config: ' in r.stderr
+    assert 'unexpected keys: ' in r.stderr and not (tmp_path / 'wd2' / 'init_from.pth').exists()
+    r = run([sys.executable, tool('train.py'), BASE_CFG, '--resume', '--init-from', 'old.pth'],
+            cwd=tmp_path)
+    assert r.returncode != 0 and 'error: give --resume or --init-from, not both' in r.stderr
+    r = run([sys.executable, tool('train.py'), BASE_CFG, '--init-from', 'none.pth'], cwd=tmp_path)
+    assert r.returncode != 0
+    assert 'error: --init-from none.pth cannot be used: checkpoint file not found: none.pth' in r.stderr
+
+
 def test_dist_train_sh_two_cpu_processes(tmp_path):
     if torch.cuda.is_available():
         pytest.skip('checks the CPU-only (gloo) path')

@@ -1,10 +1,15 @@
 """Train or fine-tune a GLIDE model with the mmengine Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-                          [--cfg-options KEY=VALUE ...] [--launcher pytorch]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT] | --init-from CKPT]
+                          [--amp] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
 
 ``--resume`` without a path resumes from the latest checkpoint in the work
-dir. ``--amp`` trains in bfloat16 autocast (``BF16AutocastOptimWrapper``) on
+dir. ``--init-from`` starts a new run (new optimiser, iteration 0) from the
+weights of a checkpoint: a training checkpoint (whose ``state_dict`` holds the
+EMA weights) or published weights. Parameters the config's model has and the
+checkpoint lacks, e.g. blocks added since, keep their initial values and are
+listed; any other mismatch is an error. The completed weights are written to
+``WORK_DIR/init_from.pth`` and loaded through ``load_from``. ``--amp`` trains in bfloat16 autocast (``BF16AutocastOptimWrapper``) on
 the GPU or the CPU (worth it on CPUs with AMX/AVX512-BF16), or in float16
 with loss scaling on GPUs without bf16.
 """
@@ -25,12 +30,40 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='where logs and checkpoints go')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
                         help='resume from CKPT, or from the latest checkpoint of the work dir')
+    parser.add_argument('--init-from', metavar='CKPT',
+                        help='start a new run from the weights of CKPT; parameters CKPT lacks keep '
+                             'their initial values')
     parser.add_argument('--amp', action='store_true', help='mixed precision: bf16 autocast (CPU or GPU), fp16 on GPUs without bf16')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     return parser.parse_args(argv)
+
+
+def complete_checkpoint(cfg, path: str) -> str:
+    """Write the weights of ``path``, completed with the initial values of the
+    parameters it lacks, to ``WORK_DIR/init_from.pth``; return that path."""
+    import os
+
+    import torch
+
+    import projects.glide  # noqa: F401  (registers the models)
+    from mmagic.registry import MODELS
+    from projects.glide.checkpoint import complete_state_dict, load_checkpoint_file
+    ckpt = load_checkpoint_file(path, map_location='cpu')
+    weights = ckpt.get('state_dict', ckpt)
+    model_state = MODELS.build(cfg.model).state_dict()
+    completed, added = complete_state_dict(model_state, weights)
+    completed = {k: v.to(model_state[k].dtype) for k, v in completed.items()}
+    print(f'--init-from {path}: {len(completed) - len(added)} tensors loaded, '
+          f'{len(added)} initialised' + (f': {", ".join(added)}' if added else ''))
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    out = osp.join(cfg.work_dir, 'init_from.pth')
+    part = f'{out}.{os.getpid()}.part'  # every process of a launch writes the same file
+    torch.save(dict(state_dict=completed, meta=dict(init_from=path, initialised=added)), part)
+    os.replace(part, out)
+    return out
 
 
 def main(argv=None) -> int:
@@ -60,6 +93,17 @@ def main(argv=None) -> int:
             print(f'error: checkpoint not found: {args.resume}', file=sys.stderr)
             return 1
         cfg.resume, cfg.load_from = True, args.resume
+    if args.init_from:
+        if args.resume:
+            print('error: give --resume or --init-from, not both', file=sys.stderr)
+            return 1
+        from projects.glide.checkpoint import CheckpointMismatchError
+        try:
+            cfg.resume, cfg.load_from = False, complete_checkpoint(cfg, args.init_from)
+        except (FileNotFoundError, RuntimeError) as err:
+            kind = 'does not fit the config' if isinstance(err, CheckpointMismatchError) else 'cannot be used'
+            print(f'error: --init-from {args.init_from} {kind}: {err}', file=sys.stderr)
+            return 1
     from projects.glide.engine.devices import DeviceError, setup_cpu_distributed
     try:
         setup_cpu_distributed(cfg, args.launcher)

@@ -20,7 +20,7 @@ Two gaps in the stack are closed here:
 import os.path as osp
 import pickle
 import zipfile
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -100,6 +100,29 @@ def check_state_dict(expected: Dict[str, torch.Size], state_dict: Dict[str, torc
         lines.append(f'  ... {len(misshaped)} shape mismatches in all')
     lines += _hints(expected, state_dict, missing, unexpected)
     raise CheckpointMismatchError('\n'.join(lines))
+
+
+def complete_state_dict(model_state: Dict[str, torch.Tensor],
+                        state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Fill the keys a checkpoint lacks from a freshly built model, for
+    fine-tuning a model that gained blocks (e.g. ``attention_position``).
+
+    Args:
+        model_state (dict): the new model's ``state_dict()`` (its initial values).
+        state_dict (dict): the checkpoint's weights.
+
+    Returns:
+        tuple: the completed state dict and the sorted keys taken from
+        ``model_state``.
+
+    Raises:
+        CheckpointMismatchError: the checkpoint has keys the model lacks or
+            shapes that differ (adding blocks is fine; anything else is not).
+    """
+    added = sorted(set(model_state) - set(state_dict))
+    completed = {**{k: model_state[k] for k in added}, **state_dict}
+    check_state_dict({k: v.shape for k, v in model_state.items()}, completed)
+    return completed, added
 
 
 def _hints(expected, state_dict, missing, unexpected) -> List[str]:
