@@ -9,7 +9,9 @@ weights of a checkpoint: a training checkpoint (whose ``state_dict`` holds the
 EMA weights) or published weights. Parameters the config's model has and the
 checkpoint lacks, e.g. blocks added since, keep their initial values and are
 listed; any other mismatch is an error. The completed weights are written to
-``WORK_DIR/init_from.pth`` and loaded through ``load_from``. ``--amp`` trains in bfloat16 autocast (``BF16AutocastOptimWrapper``) on
+``WORK_DIR/init_from.pth`` and loaded through ``load_from``.
+
+``--amp`` trains in bfloat16 autocast (``BF16AutocastOptimWrapper``) on
 the GPU or the CPU (worth it on CPUs with AMX/AVX512-BF16), or in float16
 with loss scaling on GPUs without bf16.
 """
@@ -28,11 +30,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a GLIDE model')
     parser.add_argument('config', help='config file')
     parser.add_argument('--work-dir', help='where logs and checkpoints go')
-    parser.add_argument('--resume', nargs='?', const='auto', default=None,
-                        help='resume from CKPT, or from the latest checkpoint of the work dir')
-    parser.add_argument('--init-from', metavar='CKPT',
-                        help='start a new run from the weights of CKPT; parameters CKPT lacks keep '
-                             'their initial values')
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument('--resume', nargs='?', const='auto', default=None,
+                       help='resume from CKPT, or from the latest checkpoint of the work dir')
+    start.add_argument('--init-from', metavar='CKPT',
+                       help='start a new run from the weights of CKPT; parameters CKPT lacks keep '
+                            'their initial values')
     parser.add_argument('--amp', action='store_true', help='mixed precision: bf16 autocast (CPU or GPU), fp16 on GPUs without bf16')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_iters=100')
@@ -94,9 +97,6 @@ def main(argv=None) -> int:
             return 1
         cfg.resume, cfg.load_from = True, args.resume
     if args.init_from:
-        if args.resume:
-            print('error: give --resume or --init-from, not both', file=sys.stderr)
-            return 1
         from projects.glide.checkpoint import CheckpointMismatchError
         try:
             cfg.resume, cfg.load_from = False, complete_checkpoint(cfg, args.init_from)
