@@ -228,6 +228,9 @@ def test_train_timesteps_uniform_or_focused_on_high_noise(base_model, monkeypatc
     (dict(high_noise_prob=1.5), r'high_noise_prob must be in \[0, 1\], got 1.5'),
     (dict(offset_noise=-0.1), r'offset_noise must be >= 0, got -0.1'),
     (dict(foreground_weight=-1), r'foreground_weight must be >= 0, got -1'),
+    (dict(coarse_noise=-0.2), r'coarse_noise must be >= 0, got -0.2'),
+    (dict(coarse_noise_grid=0), r'coarse_noise_grid must be an int >= 1, got 0'),
+    (dict(coarse_noise_grid=2.5), r'coarse_noise_grid must be an int >= 1, got 2.5'),
     (dict(high_noise_prob=0.5, high_noise_from=1000),
      r'high_noise_from must be in \[0, 1000\), got 1000'),
     (dict(high_noise_prob=0.5, stage='upsampler'),
@@ -258,6 +261,27 @@ def test_train_noise_white_or_with_per_channel_offset(base_model, monkeypatch):
     torch.testing.assert_close(offset, offset[:, :, :1, :1].expand_as(offset))
     assert 0.4 < offset[:, :, 0, 0].std().item() < 0.6
     assert len(offset[:, :, 0, 0].unique()) == 64 * 3
+
+
+def test_train_noise_coarse_grid_is_smooth_and_per_image(base_model, monkeypatch):
+    x0 = torch.zeros(256, 3, 16, 16)
+    torch.manual_seed(0)
+    white = torch.randn_like(x0)
+    monkeypatch.setitem(base_model.train_cfg, 'coarse_noise', 0.5)
+    monkeypatch.setitem(base_model.train_cfg, 'coarse_noise_grid', 2)
+    torch.manual_seed(0)
+    coarse = base_model.train_noise(x0) - white  # same white draw first, then the grid
+    assert coarse.shape == x0.shape
+    # bilinear from 2x2: each 8x8 quarter's inner 4x4 corner block is its grid node's value
+    torch.testing.assert_close(coarse[..., :4, :4], coarse[..., :1, :1].expand(-1, -1, 4, 4))
+    torch.testing.assert_close(coarse[..., 12:, 12:], coarse[..., -1:, -1:].expand(-1, -1, 4, 4))
+    nodes = torch.stack([coarse[..., 0, 0], coarse[..., 0, -1], coarse[..., -1, 0],
+                         coarse[..., -1, -1]])
+    assert 0.45 < nodes.std().item() < 0.55  # the grid nodes are N(0, 0.5^2)
+    assert abs(torch.corrcoef(nodes.flatten(1))[0, 3].item()) < 0.1  # drawn independently
+    # smooth in between: neighbouring pixels differ by at most a quarter of the node step
+    step = (nodes[1] - nodes[0]).abs()
+    assert ((coarse[..., 0, 1:] - coarse[..., 0, :-1]).abs().amax(-1) <= step / 4 + 1e-6).all()
 
 
 def test_pixel_weights_mark_the_foreground(base_model, monkeypatch):

@@ -70,7 +70,9 @@ class Glide(BaseModel):
             :meth:`sample_train_timesteps`; default 0, GLIDE's uniform
             timesteps) and ``max_mse_weight`` (see :meth:`mse_weights`;
             default None, GLIDE's unweighted eps MSE), ``offset_noise`` (see
-            :meth:`train_noise`; default 0, GLIDE's white noise) and
+            :meth:`train_noise`; default 0, GLIDE's white noise),
+            ``coarse_noise`` and ``coarse_noise_grid`` (see
+            :meth:`train_noise`; default 0, none) and
             ``foreground_weight`` (see :meth:`pixel_weights`; default 0,
             every pixel alike).
         test_cfg (dict | None): default keyword arguments of :meth:`infer` for
@@ -106,7 +108,7 @@ class Glide(BaseModel):
             raise TypeError(f'tokenizer must build a GlideTokenizer, got {type(self.tokenizer).__name__}')
         self.train_cfg = {**dict(stage='base', caption_dropout=0.2, high_noise_prob=0.,
                                  high_noise_from=900, max_mse_weight=None, offset_noise=0.,
-                                 foreground_weight=0.),
+                                 coarse_noise=0., coarse_noise_grid=4, foreground_weight=0.),
                           **(train_cfg or {})}
         if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
             raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
@@ -114,6 +116,12 @@ class Glide(BaseModel):
         if not self.train_cfg['offset_noise'] >= 0:
             raise ValueError('train_cfg.offset_noise must be >= 0, got '
                              f"{self.train_cfg['offset_noise']}")
+        if not self.train_cfg['coarse_noise'] >= 0:
+            raise ValueError('train_cfg.coarse_noise must be >= 0, got '
+                             f"{self.train_cfg['coarse_noise']}")
+        grid = self.train_cfg['coarse_noise_grid']
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+            raise ValueError(f'train_cfg.coarse_noise_grid must be an int >= 1, got {grid!r}')
         if not self.train_cfg['foreground_weight'] >= 0:
             raise ValueError('train_cfg.foreground_weight must be >= 0, got '
                              f"{self.train_cfg['foreground_weight']}")
@@ -491,7 +499,10 @@ class Glide(BaseModel):
         """The training noise for images ``x0`` (B, C, H, W): white noise,
         plus ``train_cfg.offset_noise`` times one standard normal draw per
         image and channel, constant over the pixels ("offset noise",
-        Guttenberg 2023).
+        Guttenberg 2023), plus ``train_cfg.coarse_noise`` times a standard
+        normal (B, C, g, g) grid (g = ``train_cfg.coarse_noise_grid``)
+        upsampled bilinearly to H x W (one level of the "pyramid noise" of
+        Whitaker 2023).
 
         Why: with white noise the mean of ``x_t`` over H*W pixels carries the
         mean of ``x0`` with only 1/sqrt(H*W) of noise, so a model can read an
@@ -499,13 +510,23 @@ class Glide(BaseModel):
         ~1% and has no reason to take it from the text; sampling starts from
         a colour-neutral ``x_T`` and keeps whatever colour the first steps
         guess. The offset hides that mean at high noise, so only the prompt
-        can supply it. Sampling is unchanged (white ``x_T``).
+        can supply it. The coarse grid does the same for the layout: a
+        shape-sized blob in ``x_t`` is no evidence of a shape at high noise,
+        so where things go has to come from the prompt rather than from
+        chance blobs of the starting noise. Sampling is unchanged (white
+        ``x_T``).
         """
         noise = torch.randn_like(x0)
         offset = self.train_cfg['offset_noise']
         if offset > 0:
             noise = noise + offset * torch.randn(*x0.shape[:2], 1, 1, device=x0.device,
                                                  dtype=x0.dtype)
+        coarse = self.train_cfg['coarse_noise']
+        if coarse > 0:
+            grid = self.train_cfg['coarse_noise_grid']
+            low = torch.randn(*x0.shape[:2], grid, grid, device=x0.device, dtype=x0.dtype)
+            noise = noise + coarse * F.interpolate(low, size=x0.shape[-2:], mode='bilinear',
+                                                   align_corners=False)
         return noise
 
     def pixel_weights(self, x0: torch.Tensor) -> Optional[torch.Tensor]:
