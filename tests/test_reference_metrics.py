@@ -100,7 +100,8 @@ def test_clip_score_offline(clip_metric, monkeypatch):
     assert np.isfinite(scores).all()
     assert all(-100 <= s <= 100 for s in scores)
     assert len(set(np.round(scores, 6))) > 1
-    assert scores[5] == pytest.approx(scores[0], abs=1e-9)
+    # the same pair scores the same; float32 CLIP in another batch slot may differ in the 7th digit
+    assert scores[5] == pytest.approx(scores[0], abs=1e-5)
     assert metrics['score'] == pytest.approx(np.mean(scores))
     # batching and order do not change the result
     for batch in (1, 4):
