@@ -113,18 +113,12 @@ class Glide(BaseModel):
         if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
             raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
                              f"{self.train_cfg['high_noise_prob']}")
-        if not self.train_cfg['offset_noise'] >= 0:
-            raise ValueError('train_cfg.offset_noise must be >= 0, got '
-                             f"{self.train_cfg['offset_noise']}")
-        if not self.train_cfg['coarse_noise'] >= 0:
-            raise ValueError('train_cfg.coarse_noise must be >= 0, got '
-                             f"{self.train_cfg['coarse_noise']}")
+        for key in ('offset_noise', 'coarse_noise', 'foreground_weight'):
+            if not self.train_cfg[key] >= 0:
+                raise ValueError(f'train_cfg.{key} must be >= 0, got {self.train_cfg[key]}')
         grid = self.train_cfg['coarse_noise_grid']
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise ValueError(f'train_cfg.coarse_noise_grid must be an int >= 1, got {grid!r}')
-        if not self.train_cfg['foreground_weight'] >= 0:
-            raise ValueError('train_cfg.foreground_weight must be >= 0, got '
-                             f"{self.train_cfg['foreground_weight']}")
         if self.train_cfg['high_noise_prob'] > 0:
             num_timesteps = self._stage(self.train_cfg['stage'])[1].train_diffusion.num_timesteps
             if not 0 <= self.train_cfg['high_noise_from'] < num_timesteps:
