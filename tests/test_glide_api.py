@@ -363,6 +363,49 @@ def test_norm_groups_set_every_group_norm_and_are_checked(reference_model):
         _tiny_unet(norm_groups=0)
 
 
+def test_attention_position_embeddings_start_at_zero_and_only_where_asked():
+    plain, placed = _tiny_unet(), _tiny_unet(attention_position=True)
+    shapes = {k: tuple(v.shape) for k, v in placed.state_dict().items() if k.endswith('.position_embedding')}
+    assert shapes == {'in_blocks.3.1.position_embedding': (64, 16, 16),
+                      'mid_blocks.1.position_embedding': (64, 16, 16),
+                      'out_blocks.0.1.position_embedding': (64, 16, 16),
+                      'out_blocks.1.1.position_embedding': (64, 16, 16)}
+    assert not any('.position_embedding' in k for k in plain.state_dict())
+    assert all((v == 0).all() for k, v in placed.state_dict().items() if k in shapes)
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == sorted(shapes) and not unexpected
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t, tokens, mask = torch.tensor([900, 10]), torch.randint(0, 100, (2, 8)), torch.ones(2, 8, dtype=torch.bool)
+    with torch.no_grad():  # zero embeddings: the same model as without them
+        assert torch.equal(placed(x, t, tokens, mask), plain(x, t, tokens, mask))
+
+
+def test_attention_position_lets_the_text_act_in_some_places_only():
+    """Why the tiny base config sets ``attention_position``: on features that
+    are the same everywhere (an image at high noise says nothing about the
+    layout) plain attention can only add the same text message to every
+    pixel; with a position embedding it can add it at some places only."""
+    from projects.glide.models.unet import TextAttentionBlock
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 1, 1, generator=gen).expand(1, 64, 16, 16)
+    text = [torch.randn(1, 32, 5, generator=gen) for _ in range(2)]
+    spreads = {}
+    for side in (None, 16):
+        torch.manual_seed(0)
+        block = TextAttentionBlock(64, 32, encoder_channels=32, position_size=side)
+        torch.nn.init.normal_(block.proj_out.weight, std=0.1)  # zero in GLIDE
+        if side:
+            torch.nn.init.normal_(block.position_embedding, generator=gen)
+        with torch.no_grad():
+            change = block(x, text[0]) - block(x, text[1])  # what the text adds, per pixel
+        spreads[side] = (change.std(dim=(2, 3)).max().item(), change.abs().max().item())
+    assert spreads[None][0] < 1e-5 * spreads[None][1]
+    assert spreads[16][0] > 0.1 * spreads[16][1]
+    with pytest.raises(ValueError, match=r'this attention block has a position embedding for '
+                                         r'\(16, 16\) features, got \(8, 8\)'):
+        block(torch.zeros(1, 64, 8, 8), text[0])
+
+
 def test_one_channel_per_group_blocks_global_colour_shifts():
     """Why the tiny configs use 8 groups: with one channel per group the
     output head normalises away each channel's spatial mean, so the text

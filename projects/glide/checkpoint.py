@@ -105,7 +105,7 @@ def check_state_dict(expected: Dict[str, torch.Size], state_dict: Dict[str, torc
 def complete_state_dict(model_state: Dict[str, torch.Tensor],
                         state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Fill the keys a checkpoint lacks from a freshly built model, for
-    fine-tuning a model that gained blocks since the checkpoint.
+    fine-tuning a model that gained blocks (e.g. ``attention_position``).
 
     Args:
         model_state (dict): the new model's ``state_dict()`` (its initial values).

@@ -116,10 +116,15 @@ class TextAttentionBlock(nn.Module):
         num_head_channels (int): channels per head; -1 to use ``num_heads``.
         num_heads (int): number of heads when ``num_head_channels`` is -1.
         encoder_channels (int | None): text width; None for no text.
+        position_size (int | None): side of the (square) feature map for a
+            learned position embedding ``position_embedding`` (channels, side,
+            side), added to the normalised features before ``qkv``; None (GLIDE)
+            for none. It starts at zero, so a block gains it without changing
+            its output.
     """
 
     def __init__(self, channels: int, num_head_channels: int = 64, num_heads: int = 1,
-                 encoder_channels: Optional[int] = None):
+                 encoder_channels: Optional[int] = None, position_size: Optional[int] = None):
         super().__init__()
         if num_head_channels == -1:
             self.num_heads = num_heads
@@ -133,12 +138,20 @@ class TextAttentionBlock(nn.Module):
         if encoder_channels is not None:
             self.encoder_kv = nn.Conv1d(encoder_channels, channels * 2, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
+        if position_size is not None:
+            self.position_embedding = nn.Parameter(torch.zeros(channels, position_size, position_size))
 
     def forward(self, x: torch.Tensor, text_states: Optional[torch.Tensor]) -> torch.Tensor:
         """x: (B, C, H, W); text_states: (B, text_width, T) or None."""
         b, c, *spatial = x.shape
         heads = self.num_heads
-        qkv = self.qkv(self.norm(x).reshape(b, c, -1))
+        h = self.norm(x)
+        if hasattr(self, 'position_embedding'):
+            if tuple(spatial) != self.position_embedding.shape[1:]:
+                raise ValueError(f'this attention block has a position embedding for '
+                                 f'{tuple(self.position_embedding.shape[1:])} features, got {tuple(spatial)}')
+            h = h + self.position_embedding.to(h.dtype)
+        qkv = self.qkv(h.reshape(b, c, -1))
         q, k, v = qkv.reshape(b, heads, 3 * c // heads, -1).transpose(2, 3).split(c // heads, dim=3)
         if text_states is not None:
             kv = self.encoder_kv(text_states).reshape(b, heads, 2 * c // heads, -1).transpose(2, 3)
@@ -210,6 +223,12 @@ class Text2ImUNet(nn.Module):
             group (32 groups on a 32-channel level) the output head cannot
             shift an image's overall colour, which the eps prediction must
             do at high noise: narrow models need fewer groups.
+        attention_position (bool): give every attention block a learned
+            position embedding of its resolution (False in GLIDE). Attention
+            is blind to where a pixel is, and a small conv net learns absolute
+            position only faintly (from its zero padding), so at high noise,
+            where the input says nothing about the layout, a small model cannot
+            put "on the left" on the left without it.
     """
 
     #: the input stacks this many ``in_channels``-wide images (noisy image + conditioning)
@@ -236,7 +255,8 @@ class Text2ImUNet(nn.Module):
                  xf_padding: bool = True,
                  n_vocab: int = 50257,
                  dtype: str = 'fp32',
-                 norm_groups: int = 32):
+                 norm_groups: int = 32,
+                 attention_position: bool = False):
         super().__init__()
         if channel_mult is None:
             if image_size not in DEFAULT_CHANNEL_MULT:
@@ -263,7 +283,9 @@ class Text2ImUNet(nn.Module):
         self.time_embedding = TimeEmbedding(base_channels, emb_channels)
 
         def attention(ch):
-            return TextAttentionBlock(ch, num_head_channels, num_heads, encoder_channels=xf_width)
+            side = image_size // ds if attention_position else None
+            return TextAttentionBlock(ch, num_head_channels, num_heads, encoder_channels=xf_width,
+                                      position_size=side)
 
         total_in = in_channels * self.image_groups + self.mask_channels
         ch = int(channel_mult[0] * base_channels)
