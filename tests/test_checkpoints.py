@@ -214,6 +214,10 @@ def test_publish_tool_keeps_weights_only(converted, text2im_state, tmp_path):
     saved = torch.load(out, weights_only=True)
     assert set(saved) == {'state_dict', 'meta'}
     assert saved['meta'] == dict(iter=5, upsampler_iter=7)
+    # the cascade just written can serve as the upsampler source: its upsampler stays iteration 7
+    again = tmp_path / 'again.pth'
+    run_tool('tools/model_converters/glide_publish.py', tmp_path / 'base.pth', again, '--upsampler-from', out)
+    assert torch.load(again, weights_only=True)['meta'] == dict(iter=5, upsampler_iter=7)
     assert all(v.dtype == torch.float16 for v in saved['state_dict'].values())
     model = init_model(converted['text2im'][0], str(out), device='cpu')
     assert model.unet_up.out.conv.weight.dtype == torch.float32

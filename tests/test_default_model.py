@@ -34,6 +34,12 @@ def test_weights_ship_small_and_load_strictly():
     # the cascade's first stage is the shipped 64x64 model
     assert cascade['meta']['iter'] == base['meta']['iter']
     assert all(torch.equal(v, cascade['state_dict'][k]) for k, v in base['state_dict'].items())
+    # the base carries learnt (no longer zero) position embeddings in its 16x16 attention blocks
+    positions = {k: v for k, v in base['state_dict'].items() if k.endswith('.position_embedding')}
+    assert sorted(positions) == ['unet.in_blocks.7.1.position_embedding', 'unet.in_blocks.8.1.position_embedding',
+                                 'unet.mid_blocks.1.position_embedding', 'unet.out_blocks.0.1.position_embedding',
+                                 'unet.out_blocks.1.1.position_embedding', 'unet.out_blocks.2.1.position_embedding']
+    assert all(v.shape[1:] == (16, 16) and v.float().abs().mean() > 1e-3 for v in positions.values())
 
 
 def test_demo_defaults_write_a_captioned_png(tmp_path):

@@ -32,7 +32,8 @@ def main(argv=None) -> int:
             up = load_checkpoint_file(args.upsampler_from, 'cpu')
             state_dict.update({k: v for k, v in unwrap_state_dict(up).items()
                                if k.startswith('unet_up.')})
-            meta['upsampler_iter'] = up.get('meta', {}).get('iter')
+            up_meta = up.get('meta', {})  # a published cascade names its upsampler's iteration
+            meta['upsampler_iter'] = up_meta.get('upsampler_iter', up_meta.get('iter'))
     except (OSError, RuntimeError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

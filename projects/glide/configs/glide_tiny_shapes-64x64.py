@@ -25,7 +25,11 @@ model = dict(
         xf_heads=2,
         # 4 channels per group at the 32-channel level: with GLIDE's 32 groups
         # (one channel each) the output head could not shift the overall colour
-        norm_groups=8),
+        norm_groups=8,
+        # learned position embeddings in the attention blocks (not in GLIDE):
+        # with them the text can say where a shape goes (docs/default_model.md,
+        # "Placement")
+        attention_position=True),
     diffusion_scheduler=dict(
         type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='squaredcos_cap_v2'),
     tokenizer=dict(type='GlideTokenizer', text_ctx=text_ctx),
@@ -37,8 +41,11 @@ model = dict(
     # colour in x_t at high noise, so the prompt has to supply it. Shape
     # pixels (2-30% of an image) weigh 1 + foreground_weight in the MSE
     # (Glide.pixel_weights), so that a wrong shape colour costs enough.
+    # Coarse noise (a bilinearly upsampled 4x4 grid of normal draws) hides
+    # shape-sized blobs in x_t at high noise, so the prompt has to supply the
+    # layout too.
     train_cfg=dict(stage='base', caption_dropout=0.2, high_noise_prob=0.25, high_noise_from=850,
-                   max_mse_weight=1000., offset_noise=0.15, foreground_weight=4.),
+                   max_mse_weight=1000., offset_noise=0.15, coarse_noise=0.3, foreground_weight=4.),
     # the default sampler of this model: DDIM, 25 steps (docs/default_model.md scores use it)
     test_cfg=dict(guidance_scale=3., num_inference_steps=25))
 
@@ -54,7 +61,9 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=100_000, val_interval=10**
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=4e-4, weight_decay=0.0, betas=(0.9, 0.99)),
-    clip_grad=dict(max_norm=1.0))
+    clip_grad=dict(max_norm=1.0),
+    # the position embeddings start at zero and learn at 10x the rate
+    paramwise_cfg=dict(custom_keys={'.position_embedding': dict(lr_mult=10.)}))
 param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200)]
 custom_hooks = [
     dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.005, priority='NORMAL')
