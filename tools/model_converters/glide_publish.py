@@ -10,9 +10,15 @@ records the training iteration in ``meta``. ``--upsampler-from`` takes the
 ``unet_up.*`` weights from an upsampler run, making one cascade file.
 """
 import argparse
+import os.path as osp
 import sys
 
 import torch
+
+# runnable from a checkout without installing it, like the other tools
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
 
 
 def main(argv=None) -> int:
