@@ -1,6 +1,7 @@
 """The bundled default models (the 64x64 base and the 64->256 cascade): they
 ship, load strictly and the cascade drives the demo with no arguments beyond
 a prompt (the README's main command)."""
+import pytest
 import torch
 from PIL import Image
 
@@ -51,3 +52,27 @@ def test_demo_defaults_write_a_captioned_png(tmp_path):
         # one 256x256 image (plus a frame) above its caption
         assert im.mode == 'RGB' and 256 <= im.size[0] < 300 and im.size[1] > 256
         assert im.text['prompts'] == 'a red circle above a blue square on a yellow background'
+
+
+def test_lr_decay_stage_is_the_shipped_model_with_a_decaying_learning_rate():
+    from mmengine.config import Config
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+    decay = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_lr-decay.py'))
+    base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
+    assert decay.model == base.model and decay.train_dataloader == base.train_dataloader
+    assert decay.train_cfg.max_iters == 1100
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=decay.optim_wrapper.optimizer.lr)
+    wrapper = OptimWrapper(optimizer)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper)) for s in decay.param_scheduler]
+    lrs = []
+    for _ in range(1101):
+        lrs.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        for s in schedulers:
+            s.step()
+    # warm-up 1e-5 -> 2e-4 over the first 100 iterations, then linear decay back to 1e-5 by 1,100
+    assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
+    assert lrs[600] == pytest.approx(1.05e-4, rel=1e-2) and lrs[1100] == pytest.approx(1e-5)
+    assert all(a < b for a, b in zip(lrs[:99], lrs[1:100]))
+    assert all(a > b for a, b in zip(lrs[100:1099], lrs[101:1100]))
