@@ -68,7 +68,6 @@ def test_lr_decay_stage_is_the_shipped_model_with_a_decaying_learning_rate():
     lrs = []
     for _ in range(1101):
         lrs.append(optimizer.param_groups[0]['lr'])
-        optimizer.step()
         for s in schedulers:
             s.step()
     # warm-up 1e-5 -> 2e-4 over the first 100 iterations, then linear decay back to 1e-5 by 1,100
