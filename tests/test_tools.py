@@ -418,6 +418,56 @@ def test_train_init_from_keeps_the_weights_and_initialises_missing_ones(ckpts, t
     assert 'error: --init-from none.pth cannot be used: checkpoint file not found: none.pth' in r.stderr
 
 
+def test_train_init_rename_moves_the_blocks_of_a_model_that_gained_attention(tmp_path, capsys):
+    """Attention added at 32x32 goes before that level's upsampler, which
+    moves from ``out_blocks.5.1`` to ``out_blocks.5.2``."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmagic.registry import MODELS
+    from projects.glide.checkpoint import CheckpointMismatchError, load_checkpoint_file
+    init_default_scope('mmagic')
+    train = load_tool('train')
+    old_cfg, cfg = Config.fromfile(BASE_CFG), Config.fromfile(BASE_CFG)
+    old_cfg.model.unet.attention_res, cfg.model.unet.attention_res = (16, ), (16, 32)
+    cfg.work_dir = str(tmp_path / 'wd')
+    old = MODELS.build(old_cfg.model).state_dict()
+    old_path = str(tmp_path / 'old.pth')
+    torch.save(dict(state_dict=old), old_path)
+    with pytest.raises(CheckpointMismatchError, match=r'unexpected keys: unet\.out_blocks\.5\.1\.'):
+        train.complete_checkpoint(cfg, old_path)
+    move = {'unet.out_blocks.5.1.': 'unet.out_blocks.5.2.'}
+    start = load_checkpoint_file(train.complete_checkpoint(cfg, old_path, move))
+    assert start['meta']['renamed'] == move
+    weights = start['state_dict']
+    moved = [k for k in old if k.startswith('unet.out_blocks.5.1.')]
+    assert len(moved) == 10 and not any(k in weights for k in moved)
+    for k, v in old.items():
+        assert torch.equal(weights[k.replace('unet.out_blocks.5.1.', 'unet.out_blocks.5.2.')], v)
+    # the initialised tensors are the five new attention blocks' and nothing else
+    blocks = tuple(f'unet.{b}.1.' for b in ('in_blocks.4', 'in_blocks.5', 'out_blocks.3', 'out_blocks.4',
+                                            'out_blocks.5'))
+    added = start['meta']['initialised']
+    assert added == sorted(k for k in MODELS.build(cfg.model).state_dict() if k.startswith(blocks))
+    assert len(added) == 45
+    # mistakes are refused before anything is built or trained
+    capsys.readouterr()
+    assert train.main([BASE_CFG, '--init-rename', 'a.=b.']) == 1
+    assert 'error: --init-rename needs --init-from' in capsys.readouterr().err
+    assert train.main([BASE_CFG, '--init-from', old_path, '--init-rename', 'unet.out_blocks.5.1.']) == 1
+    assert ('error: --init-rename takes OLD=NEW key prefixes, got unet.out_blocks.5.1.'
+            in capsys.readouterr().err)
+    wd = ['--work-dir', str(tmp_path / 'wd2')]
+    assert train.main([BASE_CFG, *wd, '--init-from', old_path, '--init-rename', 'unet.outblocks.=x.']) == 1
+    assert (f'error: --init-from {old_path} cannot be used: --init-rename: no checkpoint key starts with '
+            'unet.outblocks.' in capsys.readouterr().err)
+    assert train.main([BASE_CFG, *wd, '--init-from', old_path, '--init-rename',
+                       'unet.out_blocks.5.1.=unet.out_blocks.5.0.']) == 1
+    assert ('--init-rename: renamed keys would replace other keys of the checkpoint'
+            in capsys.readouterr().err)
+    assert not (tmp_path / 'wd2' / 'init_from.pth').exists()
+
+
 def test_dist_train_sh_two_cpu_processes(tmp_path):
     if torch.cuda.is_available():
         pytest.skip('checks the CPU-only (gloo) path')

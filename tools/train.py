@@ -1,6 +1,7 @@
 """Train or fine-tune a GLIDE model with the mmengine Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT] | --init-from CKPT]
+    python tools/train.py CONFIG [--work-dir DIR]
+                          [--resume [CKPT] | --init-from CKPT [--init-rename OLD=NEW ...]]
                           [--amp] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
 
 ``--resume`` without a path resumes from the latest checkpoint in the work
@@ -8,8 +9,12 @@ dir. ``--init-from`` starts a new run (new optimiser, iteration 0) from the
 weights of a checkpoint: a training checkpoint (whose ``state_dict`` holds the
 EMA weights) or published weights. Parameters the config's model has and the
 checkpoint lacks, e.g. blocks added since, keep their initial values and are
-listed; any other mismatch is an error. The completed weights are written to
-``WORK_DIR/init_from.pth`` and loaded through ``load_from``.
+listed; any other mismatch is an error. ``--init-rename OLD=NEW`` first
+renames the checkpoint keys that start with ``OLD`` to start with ``NEW``, for
+blocks that moved: adding attention at a resolution inserts it before that
+level's upsampler, e.g. ``unet.out_blocks.5.1.=unet.out_blocks.5.2.``. The
+completed weights are written to ``WORK_DIR/init_from.pth`` and loaded through
+``load_from``.
 
 ``--amp`` trains in bfloat16 autocast (``BF16AutocastOptimWrapper``) on
 the GPU or the CPU (worth it on CPUs with AMX/AVX512-BF16), or in float16
@@ -36,6 +41,8 @@ def parse_args(argv=None):
     start.add_argument('--init-from', metavar='CKPT',
                        help='start a new run from the weights of CKPT; parameters CKPT lacks keep '
                             'their initial values')
+    parser.add_argument('--init-rename', nargs='+', metavar='OLD=NEW', default=[],
+                        help='with --init-from: rename the checkpoint keys starting with OLD to start with NEW')
     parser.add_argument('--amp', action='store_true', help='mixed precision: bf16 autocast (CPU or GPU), fp16 on GPUs without bf16')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_iters=100')
@@ -44,9 +51,31 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def complete_checkpoint(cfg, path: str) -> str:
-    """Write the weights of ``path``, completed with the initial values of the
-    parameters it lacks, to ``WORK_DIR/init_from.pth``; return that path."""
+def rename_prefixes(weights: dict, renames: dict) -> dict:
+    """``weights`` with each key starting with an ``OLD`` of ``renames``
+    (``{OLD: NEW}``) starting with ``NEW`` instead.
+
+    Raises:
+        KeyError: an ``OLD`` starts no key (a typo would otherwise leave the
+            block to be re-initialised without a word), or a renamed key
+            would replace another.
+    """
+    unused = [old for old in renames if not any(k.startswith(old) for k in weights)]
+    if unused:
+        raise KeyError(f'--init-rename: no checkpoint key starts with {", ".join(unused)}')
+    renamed = {}
+    for key, value in weights.items():
+        old = next((o for o in renames if key.startswith(o)), None)
+        renamed[key if old is None else renames[old] + key[len(old):]] = value
+    if len(renamed) != len(weights):
+        raise KeyError('--init-rename: renamed keys would replace other keys of the checkpoint')
+    return renamed
+
+
+def complete_checkpoint(cfg, path: str, renames: dict = None) -> str:
+    """Write the weights of ``path`` (keys renamed by :func:`rename_prefixes`),
+    completed with the initial values of the parameters it lacks, to
+    ``WORK_DIR/init_from.pth``; return that path."""
     import os
 
     import torch
@@ -55,7 +84,7 @@ def complete_checkpoint(cfg, path: str) -> str:
     from mmagic.registry import MODELS
     from projects.glide.checkpoint import complete_state_dict, load_checkpoint_file
     ckpt = load_checkpoint_file(path, map_location='cpu')
-    weights = ckpt.get('state_dict', ckpt)
+    weights = rename_prefixes(ckpt.get('state_dict', ckpt), renames or {})
     model_state = MODELS.build(cfg.model).state_dict()
     completed, added = complete_state_dict(model_state, weights)
     completed = {k: v.to(model_state[k].dtype) for k, v in completed.items()}
@@ -64,7 +93,8 @@ def complete_checkpoint(cfg, path: str) -> str:
     os.makedirs(cfg.work_dir, exist_ok=True)
     out = osp.join(cfg.work_dir, 'init_from.pth')
     part = f'{out}.{os.getpid()}.part'  # every process of a launch writes the same file
-    torch.save(dict(state_dict=completed, meta=dict(init_from=path, initialised=added)), part)
+    meta = dict(init_from=path, initialised=added, **(dict(renamed=renames) if renames else {}))
+    torch.save(dict(state_dict=completed, meta=meta), part)
     os.replace(part, out)
     return out
 
@@ -96,13 +126,22 @@ def main(argv=None) -> int:
             print(f'error: checkpoint not found: {args.resume}', file=sys.stderr)
             return 1
         cfg.resume, cfg.load_from = True, args.resume
+    if args.init_rename and not args.init_from:
+        print('error: --init-rename needs --init-from', file=sys.stderr)
+        return 1
+    bad = [r for r in args.init_rename if '=' not in r or r.startswith('=')]
+    if bad:
+        print(f'error: --init-rename takes OLD=NEW key prefixes, got {" ".join(bad)}', file=sys.stderr)
+        return 1
+    renames = dict(r.split('=', 1) for r in args.init_rename)
     if args.init_from:
         from projects.glide.checkpoint import CheckpointMismatchError
         try:
-            cfg.resume, cfg.load_from = False, complete_checkpoint(cfg, args.init_from)
-        except (FileNotFoundError, RuntimeError) as err:
+            cfg.resume, cfg.load_from = False, complete_checkpoint(cfg, args.init_from, renames)
+        except (FileNotFoundError, KeyError, RuntimeError) as err:
             kind = 'does not fit the config' if isinstance(err, CheckpointMismatchError) else 'cannot be used'
-            print(f'error: --init-from {args.init_from} {kind}: {err}', file=sys.stderr)
+            message = err.args[0] if isinstance(err, KeyError) else err
+            print(f'error: --init-from {args.init_from} {kind}: {message}', file=sys.stderr)
             return 1
     from projects.glide.engine.devices import DeviceError, setup_cpu_distributed
     try:
