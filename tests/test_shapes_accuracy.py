@@ -163,6 +163,24 @@ def test_metric_process_and_compute():
     assert metrics['shapes/held_out/all'] == 50.0
 
 
+def test_metric_class_two_kinds_counts_only_pairs_of_different_kinds():
+    swapped = edit(edit(PAIR, 0, kind='square'), 1, kind='circle')
+    two_circles = edit(PAIR, 1, kind='circle')
+    metric = ShapesAccuracy()
+    metric.process({}, [
+        sample(PAIR),                       # right kinds in the right places
+        sample(swapped, caption(PAIR)),     # right kinds, each in the other's place
+        sample(two_circles),                # one kind twice, as asked: not counted
+        sample(SINGLE),                     # one shape: not counted
+    ])
+    metrics = metric.evaluate(4)
+    assert metrics['shapes/seen/count'] == 4
+    assert metrics['shapes/seen/shape_class'] == 75.0
+    assert metrics['shapes/seen/class_two_kinds'] == 50.0
+    assert metrics['shapes/seen/shape_color'] == 100.0
+    assert 'shapes/held_out/class_two_kinds' not in metrics
+
+
 def test_metric_registry_build():
     from mmagic.registry import METRICS
     metric = METRICS.build(dict(type='ShapesAccuracy'))

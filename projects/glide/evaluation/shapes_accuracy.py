@@ -245,8 +245,13 @@ class ShapesAccuracy(BaseMetric):
     ``g/count`` and, over the prompts where the attribute applies, the
     percentages ``g/background``, ``g/shape_color``, ``g/shape_class``,
     ``g/size``, ``g/position``, ``g/relation``, ``g/shape_count`` and
-    ``g/all``
-    (keys absent when no prompt of the group has the attribute), plus
+    ``g/all``, and ``g/class_two_kinds``: the shape class over the captions
+    with two shapes of different kinds only, where drawing the right kinds
+    but each in the other's place (or one kind twice) is wrong. It tells
+    binding apart from drawing: a model that draws every kind cleanly but
+    does not tie it to its colour and place scores high on one-shape
+    captions and about 50% here.
+    (Keys are absent when no prompt of the group has the attribute.) Plus
     ``unparsed/count``: prompts outside the grammar, which are skipped.
     """
     default_prefix = 'shapes'
@@ -264,8 +269,10 @@ class ShapesAccuracy(BaseMetric):
                 held_out)
             judged = judge_image(sample_field(sample, 'image'), spec)
             record = {a: judged[a] for a in ATTRIBUTES}
+            kinds = {shape.kind for shape in spec.shapes}
             record.update(
                 all=judged['all_correct'],
+                class_two_kinds=judged['shape_class'] if len(kinds) == 2 else None,
                 group='held_out' if held_out else 'seen')
             self.results.append(record)
 
@@ -276,7 +283,7 @@ class ShapesAccuracy(BaseMetric):
         for group in ('seen', 'held_out'):
             records = [r for r in results if r['group'] == group]
             metrics[f'{group}/count'] = len(records)
-            for attr in ATTRIBUTES + ('all', ):
+            for attr in ATTRIBUTES + ('all', 'class_two_kinds'):
                 values = [r[attr] for r in records if r[attr] is not None]
                 if values:
                     metrics[f'{group}/{attr}'] = 100.0 * float(
