@@ -35,13 +35,16 @@ def test_weights_ship_small_and_load_strictly():
     # the cascade's first stage is the shipped 64x64 model
     assert cascade['meta']['iter'] == base['meta']['iter']
     assert all(torch.equal(v, cascade['state_dict'][k]) for k, v in base['state_dict'].items())
-    # the base carries learnt (no longer zero) position embeddings in its 16x16 attention blocks
+    # the base carries learnt (no longer zero) position embeddings in its 16x16 and 32x32 attention blocks
     positions = {k: v for k, v in base['state_dict'].items() if k.endswith('.position_embedding')}
-    assert sorted(positions) == ['unet.in_blocks.7.1.position_embedding', 'unet.in_blocks.8.1.position_embedding',
-                                 'unet.mid_blocks.1.position_embedding', 'unet.out_blocks.0.1.position_embedding',
-                                 'unet.out_blocks.1.1.position_embedding', 'unet.out_blocks.2.1.position_embedding']
-    assert all(v.shape[1:] == (16, 16) and v.float().abs().mean() > 1e-3 for v in positions.values())
-
+    sides = {k: tuple(v.shape[1:]) for k, v in positions.items()}
+    assert sides == {
+        **{f'unet.{b}.1.position_embedding': (32, 32)
+           for b in ('in_blocks.4', 'in_blocks.5', 'out_blocks.3', 'out_blocks.4', 'out_blocks.5')},
+        **{f'unet.{b}.position_embedding': (16, 16)
+           for b in ('in_blocks.7.1', 'in_blocks.8.1', 'mid_blocks.1', 'out_blocks.0.1', 'out_blocks.1.1',
+                     'out_blocks.2.1')}}
+    assert all(v.float().abs().mean() > 1e-3 for v in positions.values())
 
 def test_demo_defaults_write_a_captioned_png(tmp_path):
     out = tmp_path / 'demo.png'
@@ -54,24 +57,26 @@ def test_demo_defaults_write_a_captioned_png(tmp_path):
         assert im.text['prompts'] == 'a red circle above a blue square on a yellow background'
 
 
-def test_lr_decay_stage_is_the_shipped_model_with_a_decaying_learning_rate():
+def test_lr_decay_stage_is_the_shipped_model_with_a_held_then_decaying_learning_rate():
     from mmengine.config import Config
     from mmengine.optim import OptimWrapper
     from mmengine.registry import PARAM_SCHEDULERS
     decay = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_lr-decay.py'))
     base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
     assert decay.model == base.model and decay.train_dataloader == base.train_dataloader
-    assert decay.train_cfg.max_iters == 1100
+    assert decay.model.unet.attention_res == (16, 32)
+    assert decay.train_cfg.max_iters == 3000
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=decay.optim_wrapper.optimizer.lr)
     wrapper = OptimWrapper(optimizer)
     schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper)) for s in decay.param_scheduler]
     lrs = []
-    for _ in range(1101):
+    for _ in range(3001):
         lrs.append(optimizer.param_groups[0]['lr'])
         for s in schedulers:
             s.step()
-    # warm-up 1e-5 -> 2e-4 over the first 100 iterations, then linear decay back to 1e-5 by 1,100
+    # warm-up 1e-5 -> 2e-4 over the first 100 iterations, 2e-4 to 1,900, then linear decay to 1e-5 by 3,000
     assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
-    assert lrs[600] == pytest.approx(1.05e-4, rel=1e-2) and lrs[1100] == pytest.approx(1e-5)
     assert all(a < b for a, b in zip(lrs[:99], lrs[1:100]))
-    assert all(a > b for a, b in zip(lrs[100:1099], lrs[101:1100]))
+    assert lrs[100:1901] == pytest.approx([2e-4] * 1801)
+    assert lrs[2450] == pytest.approx(1.05e-4, rel=1e-2) and lrs[3000] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(lrs[1900:2999], lrs[1901:3000]))

@@ -16,7 +16,12 @@ model = dict(
         base_channels=32,
         channel_mult=(1, 2, 3),
         resblocks_per_downsample=2,
-        attention_res=(16, ),
+        # text attention at 32x32 as well as 16x16: at 16x16 a small shape
+        # is 4 pixels wide, too coarse to tie a kind of shape (circle,
+        # square, triangle) to its shape; the finer levels saw the caption
+        # only through the pooled text embedding (docs/default_model.md,
+        # "Why the class lags")
+        attention_res=(16, 32),
         num_head_channels=32,
         dropout=0.0,
         text_ctx=text_ctx,
