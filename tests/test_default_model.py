@@ -46,6 +46,7 @@ def test_weights_ship_small_and_load_strictly():
                      'out_blocks.2.1')}}
     assert all(v.float().abs().mean() > 1e-3 for v in positions.values())
 
+
 def test_demo_defaults_write_a_captioned_png(tmp_path):
     out = tmp_path / 'demo.png'
     proc = run_tool('tools/glide_demo.py', 'a red circle above a blue square on a yellow background',

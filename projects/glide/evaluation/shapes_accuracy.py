@@ -250,7 +250,8 @@ class ShapesAccuracy(BaseMetric):
     but each in the other's place (or one kind twice) is wrong. It tells
     binding apart from drawing: a model that draws every kind cleanly but
     does not tie it to its colour and place scores high on one-shape
-    captions and about 50% here.
+    captions and 25-50% here (25% if each shape takes either kind at
+    random, 50% if both kinds are drawn in a random order).
     (Keys are absent when no prompt of the group has the attribute.) Plus
     ``unparsed/count``: prompts outside the grammar, which are skipped.
     """
