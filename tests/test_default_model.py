@@ -58,26 +58,50 @@ def test_demo_defaults_write_a_captioned_png(tmp_path):
         assert im.text['prompts'] == 'a red circle above a blue square on a yellow background'
 
 
-def test_lr_decay_stage_is_the_shipped_model_with_a_held_then_decaying_learning_rate():
-    from mmengine.config import Config
+def _learning_rates(cfg, iterations):
+    """The learning rate of each of the first ``iterations`` + 1 iterations
+    under the config's optimiser and parameter schedulers."""
     from mmengine.optim import OptimWrapper
     from mmengine.registry import PARAM_SCHEDULERS
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
+    wrapper = OptimWrapper(optimizer)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper)) for s in cfg.param_scheduler]
+    lrs = []
+    for _ in range(iterations + 1):
+        lrs.append(optimizer.param_groups[0]['lr'])
+        for s in schedulers:
+            s.step()
+    return lrs
+
+
+def test_lr_decay_stage_is_the_shipped_model_with_a_held_then_decaying_learning_rate():
+    from mmengine.config import Config
     decay = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_lr-decay.py'))
     base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
     assert decay.model == base.model and decay.train_dataloader == base.train_dataloader
     assert decay.model.unet.attention_res == (16, 32)
     assert decay.train_cfg.max_iters == 3000
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=decay.optim_wrapper.optimizer.lr)
-    wrapper = OptimWrapper(optimizer)
-    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper)) for s in decay.param_scheduler]
-    lrs = []
-    for _ in range(3001):
-        lrs.append(optimizer.param_groups[0]['lr'])
-        for s in schedulers:
-            s.step()
+    lrs = _learning_rates(decay, 3000)
     # warm-up 1e-5 -> 2e-4 over the first 100 iterations, 2e-4 to 1,900, then linear decay to 1e-5 by 3,000
     assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
     assert all(a < b for a, b in zip(lrs[:99], lrs[1:100]))
     assert lrs[100:1901] == pytest.approx([2e-4] * 1801)
     assert lrs[2450] == pytest.approx(1.05e-4, rel=1e-2) and lrs[3000] == pytest.approx(1e-5)
     assert all(a > b for a, b in zip(lrs[1900:2999], lrs[1901:3000]))
+
+
+def test_kinds_stage_weighs_the_kind_mask_on_more_two_shape_scenes():
+    from mmengine.config import Config
+    kinds = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_kinds.py'))
+    base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
+    assert kinds.model.unet == base.model.unet
+    assert kinds.model.train_cfg == dict(base.model.train_cfg, kind_weight=5.)
+    assert kinds.train_dataloader.dataset == dict(base.train_dataloader.dataset, kind_mask=True,
+                                                  two_shape_prob=0.6)
+    assert kinds.test_dataloader == base.test_dataloader and kinds.train_cfg.max_iters == 2400
+    lrs = _learning_rates(kinds, 2400)
+    # warm-up 1e-5 -> 2e-4 over the first 100 iterations, 2e-4 to 1,400, then linear decay to 1e-5 by 2,400
+    assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
+    assert lrs[100:1401] == pytest.approx([2e-4] * 1301)
+    assert lrs[1900] == pytest.approx(1.05e-4, rel=1e-2) and lrs[2400] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(lrs[1400:2399], lrs[1401:2400]))

@@ -228,6 +228,7 @@ def test_train_timesteps_uniform_or_focused_on_high_noise(base_model, monkeypatc
     (dict(high_noise_prob=1.5), r'high_noise_prob must be in \[0, 1\], got 1.5'),
     (dict(offset_noise=-0.1), r'offset_noise must be >= 0, got -0.1'),
     (dict(foreground_weight=-1), r'foreground_weight must be >= 0, got -1'),
+    (dict(kind_weight=-2), r'kind_weight must be >= 0, got -2'),
     (dict(coarse_noise=-0.2), r'coarse_noise must be >= 0, got -0.2'),
     (dict(coarse_noise_grid=0), r'coarse_noise_grid must be an int >= 1, got 0'),
     (dict(coarse_noise_grid=2.5), r'coarse_noise_grid must be an int >= 1, got 2.5'),
@@ -299,6 +300,29 @@ def test_pixel_weights_mark_the_foreground(base_model, monkeypatch):
     torch.testing.assert_close(weights, expected)
 
 
+def test_pixel_weights_add_the_kind_mask(base_model, monkeypatch):
+    x0 = torch.full((2, 3, 16, 16), -1.)
+    x0[0, 0, 4:8, 4:8] = 1.  # a red-ish square on black; the second image is all black
+    kind_mask = torch.zeros(2, 1, 16, 16)
+    kind_mask[0, 0, 2:6, 2:6] = 1.  # overlaps the square's top-left quarter
+    kind_mask[1, 0, 0, 0] = 0.5
+    monkeypatch.setitem(base_model.train_cfg, 'kind_weight', 2.)
+    expected = torch.ones(2, 1, 16, 16)
+    expected[0, 0, 2:6, 2:6] = 3.
+    expected[1, 0, 0, 0] = 2.
+    torch.testing.assert_close(base_model.pixel_weights(x0, kind_mask), expected)
+    monkeypatch.setitem(base_model.train_cfg, 'foreground_weight', 4.)
+    expected[0, 0, 4:8, 4:8] += 4.  # 7 where the mask and the square overlap, 5 on the rest
+    torch.testing.assert_close(base_model.pixel_weights(x0, kind_mask), expected)
+    assert expected[0, 0, 4, 4] == 7. and expected[0, 0, 7, 7] == 5.
+    with pytest.raises(ValueError, match=r"kind_weight > 0 needs a 'kind_mask' \(B, 1, H, W\) in "
+                                         r'the batch, e.g. from ShapesDataset\(kind_mask=True\)'):
+        base_model.pixel_weights(x0)
+    with pytest.raises(ValueError, match=r'kind_mask must be \(2, 1, 16, 16\) \(B, 1, H, W\) like '
+                                         r'the images, got \(2, 16, 16\)'):
+        base_model.pixel_weights(x0, kind_mask[:, 0])
+
+
 def test_mse_weights_truncated_snr(base_model, monkeypatch):
     abar = torch.tensor([0.9, 0.5, 0.2, 1e-4, 0.2], dtype=torch.float64)
     inverse_snr = ((1 - abar) / abar).float()
@@ -340,6 +364,16 @@ def test_loss_applies_pixel_weights(base_model, monkeypatch):
     plain, weighted = _plain_and_weighted_mse(base_model, monkeypatch, batch, 'foreground_weight', 3.)
     # 400 of 4096 pixels weigh 4: about 1 + 3 * 400 / 4096 when errors are spread evenly
     assert 1.15 < (weighted / plain).item() < 1.45
+
+
+def test_loss_weights_the_kind_mask_from_the_batch(base_model, monkeypatch):
+    """``loss`` passes the batch's ``kind_mask`` on: weight k on a mask over a
+    quarter of the pixels grows the eps MSE by about k / 4."""
+    kind_mask = torch.zeros(2, 1, 64, 64)
+    kind_mask[..., :32, :32] = 1.
+    batch = dict(img=torch.full((2, 3, 64, 64), -1.), prompt=['a', 'b'], kind_mask=kind_mask)
+    plain, weighted = _plain_and_weighted_mse(base_model, monkeypatch, batch, 'kind_weight', 4.)
+    assert 1.7 < (weighted / plain).item() < 2.3
 
 
 def _tiny_unet(**kwargs):

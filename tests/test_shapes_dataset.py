@@ -11,7 +11,8 @@ from projects.glide.datasets.shapes import (COLORS, HELD_OUT_PAIRS, KINDS,
                                             SIZE_EXTENTS, Scene, Shape,
                                             ShapesDataset, caption,
                                             is_held_out, make_prompt_set,
-                                            parse_caption, render_scene,
+                                            parse_caption, render_kind_mask,
+                                            render_scene,
                                             sample_scene, scene_from_caption,
                                             write_prompt_file)
 
@@ -107,6 +108,36 @@ def test_crop_windows_match_between_resolutions():
         assert item['prompt'] == whole['prompt'] and item['scene'] == whole['scene']
         assert crops[i]['crop_yx'] == (top, left)  # deterministic
     assert len(corners) == 12
+
+
+def test_kind_mask_marks_the_pixels_that_depend_on_the_kind():
+    # a large shape in the middle: box 0.28..0.72, i.e. pixels 18..45 at 64
+    coverage = {k: render_scene(single(k, 'white', 'black'), 64)[..., 0] for k in KINDS}
+    for kind in KINDS:  # the same for every kind: only the box matters
+        mask = render_kind_mask(single(kind, 'white', 'black'), 64)
+        assert mask.dtype == np.float32 and mask.shape == (64, 64)
+        stack = np.stack(list(coverage.values()))
+        np.testing.assert_allclose(mask, stack.max(0) - stack.min(0), atol=1e-6)
+    assert mask[19, 19] == 1 and mask[19, 44] == 1  # the box's top corners: only a square there
+    assert mask[40, 32] == 0  # low in the middle: inside every kind
+    assert mask[:16].max() == 0 and mask[:, 48:].max() == 0  # away from the shape
+    # two shapes: the maximum of their masks; crops cut it like the image
+    scene = Scene('red', [Shape('circle', 'blue', 'small', None, (0.25, 0.3), 0.2),
+                          Shape('triangle', 'green', 'small', None, (0.7, 0.7), 0.2)], 'above')
+    both = render_kind_mask(scene, 64)
+    one = [render_kind_mask(Scene('red', [s]), 64) for s in scene.shapes]
+    np.testing.assert_array_equal(both, np.maximum(*one))
+    item = ShapesDataset('train', seed=5, kind_mask=True)[0]
+    assert item['kind_mask'].shape == (1, 64, 64) and item['kind_mask'].dtype == torch.float32
+    np.testing.assert_array_equal(
+        item['kind_mask'][0].numpy(), render_kind_mask(Scene.from_dict(item['scene']), 64))
+    assert torch.equal(item['img'], ShapesDataset('train', seed=5)[0]['img'])
+    crops = ShapesDataset('train', seed=5, resolution=256, low_res=64, crop=128, kind_mask=True)
+    whole = ShapesDataset('train', seed=5, resolution=256, kind_mask=True)[1]['kind_mask']
+    top, left = crops[1]['crop_yx']
+    assert torch.equal(crops[1]['kind_mask'], whole[:, top:top + 128, left:left + 128])
+    with pytest.raises(ValueError, match='scene has no layout; call realize_scene first'):
+        render_kind_mask(parse_caption('a red circle on a blue background'), 64)
 
 
 @pytest.mark.parametrize('kwargs, message', [

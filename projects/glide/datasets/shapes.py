@@ -28,7 +28,7 @@ e.g. ``a small yellow triangle on the left, white background`` or
 ``A blue triangle above a red circle on a white background.``
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -318,33 +318,69 @@ def _pixel_window(lo: float, hi: float, res: int) -> slice:
                  min(res, int(np.ceil(hi * res)) + 1))
 
 
+def _coverage(shape: Shape, res: int) -> Tuple[slice, slice, np.ndarray]:
+    """The pixel window (rows, columns) around ``shape`` in an R x R image
+    and the shape's anti-aliased coverage there, float64 in [0, 1]: ``clip(0.5
+    - signed distance in samples, 0, 1)`` on ``s = ceil(SUPERSAMPLED_SIDE /
+    R)`` x ``s`` samples per pixel, averaged."""
+    ss = max(1, -(-SUPERSAMPLED_SIDE // res))
+    h = shape.extent / 2
+    wx = _pixel_window(shape.center[0] - h, shape.center[0] + h, res)
+    wy = _pixel_window(shape.center[1] - h, shape.center[1] + h, res)
+    xs = (np.arange(wx.start * ss, wx.stop * ss) + 0.5) / (res * ss)
+    ys = (np.arange(wy.start * ss, wy.stop * ss) + 0.5) / (res * ss)
+    cov = np.clip(0.5 - _signed_distance(shape, xs, ys) * (res * ss), 0, 1)
+    return wy, wx, cov.reshape(len(ys) // ss, ss, len(xs) // ss, ss).mean((1, 3))
+
+
+def _check_concrete(scene: Scene) -> None:
+    if not scene.is_concrete:
+        raise ValueError('scene has no layout; call realize_scene first')
+
+
 def render_scene(scene: Scene, resolution: int) -> np.ndarray:
     """Render a concrete scene as float32 (R, R, 3) RGB in [0, 1].
 
-    Coverage is ``clip(0.5 - signed distance in samples, 0, 1)`` evaluated on
-    a grid of ``s = ceil(SUPERSAMPLED_SIDE / R)`` x ``s`` samples per pixel
-    and averaged, so a render at R equals the box-downsampled render at
-    ``R * s`` (e.g. 64 vs 256) up to float rounding. Palette colours are exact
-    (``round(x * 255)``) wherever coverage is full.
+    Coverage is anti-aliased by supersampling (:func:`_coverage`), so a
+    render at R equals the box-downsampled render at ``R * s`` (e.g. 64 vs
+    256) up to float rounding. Palette colours are exact (``round(x * 255)``)
+    wherever coverage is full.
     """
-    if not scene.is_concrete:
-        raise ValueError('scene has no layout; call realize_scene first')
+    _check_concrete(scene)
     res = int(resolution)
-    ss = max(1, -(-SUPERSAMPLED_SIDE // res))
     img = np.empty((res, res, 3), np.float32)
     img[:] = np.asarray(PALETTE[scene.background], np.float32) / 255
     for s in scene.shapes:
-        h = s.extent / 2
-        wx = _pixel_window(s.center[0] - h, s.center[0] + h, res)
-        wy = _pixel_window(s.center[1] - h, s.center[1] + h, res)
-        xs = (np.arange(wx.start * ss, wx.stop * ss) + 0.5) / (res * ss)
-        ys = (np.arange(wy.start * ss, wy.stop * ss) + 0.5) / (res * ss)
-        cov = np.clip(0.5 - _signed_distance(s, xs, ys) * (res * ss), 0, 1)
-        cov = cov.reshape(len(ys) // ss, ss, len(xs) // ss, ss).mean((1, 3))
+        wy, wx, cov = _coverage(s, res)
         color = np.asarray(PALETTE[s.color], np.float32) / 255
         window = img[wy, wx]
         window += cov.astype(np.float32)[..., None] * (color - window)
     return img
+
+
+def render_kind_mask(scene: Scene, resolution: int) -> np.ndarray:
+    """float32 (R, R) in [0, 1]: how much each pixel depends on the kinds of
+    the scene's shapes, i.e. the largest minus the smallest coverage that
+    any kind (circle, square, triangle) would have there at the same centre
+    and extent, maximised over the shapes.
+
+    It is 1 where some kind covers a pixel fully and another not at all
+    (the corners of a square's box, the box's upper corners beside a
+    triangle), 0 inside every kind (the lower middle of a shape) and away
+    from the shapes. ``Glide``'s ``train_cfg.kind_weight`` weighs these
+    pixels in the training loss: with the shape pixels alone weighted, a
+    wrong kind that covers the right one (a square for a circle) costs next
+    to nothing.
+    """
+    _check_concrete(scene)
+    res = int(resolution)
+    mask = np.zeros((res, res), np.float32)
+    for s in scene.shapes:
+        covs = [_coverage(replace(s, kind=k), res) for k in KINDS]
+        wy, wx = covs[0][:2]
+        stack = np.stack([c for _, _, c in covs])
+        np.maximum(mask[wy, wx], stack.max(0) - stack.min(0), out=mask[wy, wx])
+    return mask
 
 
 # --------------------------------------------------------------- captions --
@@ -592,6 +628,9 @@ class ShapesDataset(Dataset):
         resolution: side R of ``img``.
         low_res: if set, also return the same scene rendered at this side.
         two_shape_prob: probability of a two-shape (relation) scene.
+        kind_mask: if True, items also hold ``kind_mask``, the scene's
+            :func:`render_kind_mask` at ``resolution`` (for ``Glide``'s
+            ``train_cfg.kind_weight``).
         crop: if set (needs ``low_res``), return a random ``crop`` x
             ``crop`` window of ``img`` and the window of ``low_res`` that
             covers the same area (side ``crop * r / R``), aligned to the
@@ -605,7 +644,8 @@ class ShapesDataset(Dataset):
     float32 (3, r, r) in [-1, 1] (only if ``low_res`` is set); ``prompt`` str;
     ``index`` int; ``held_out`` bool; ``scene`` the fixed-schema dict of
     :meth:`Scene.to_dict`; with ``crop`` also ``crop_yx`` (top, left) of the
-    window in ``img`` pixels.
+    window in ``img`` pixels; with ``kind_mask`` also ``kind_mask`` float32
+    (1, R, R) in [0, 1] (cropped like ``img``).
     """
     ENDLESS_LENGTH = 10**9
     metainfo = dict(
@@ -619,6 +659,7 @@ class ShapesDataset(Dataset):
                  resolution: int = 64,
                  low_res: Optional[int] = None,
                  two_shape_prob: float = 0.4,
+                 kind_mask: bool = False,
                  crop: Optional[int] = None):
         if split not in SPLITS:
             raise ValueError(f'split must be one of {tuple(SPLITS)}, got '
@@ -640,6 +681,7 @@ class ShapesDataset(Dataset):
         self.resolution = resolution
         self.low_res = low_res
         self.two_shape_prob = two_shape_prob
+        self.kind_mask = kind_mask
 
     def __len__(self) -> int:
         return self.ENDLESS_LENGTH if self.size is None else self.size
@@ -669,6 +711,8 @@ class ShapesDataset(Dataset):
             scene=scene.to_dict())
         if self.low_res is not None:
             item['low_res'] = _to_tensor(render_scene(scene, self.low_res))
+        if self.kind_mask:
+            item['kind_mask'] = torch.from_numpy(render_kind_mask(scene, self.resolution)[None])
         if self.crop is not None:
             self._crop(item, index)
         return item
@@ -678,7 +722,9 @@ class ShapesDataset(Dataset):
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index, 1])
         cells = (self.resolution - self.crop) // factor + 1
         top, left = (int(v) * factor for v in rng.integers(0, cells, size=2))
-        item['img'] = item['img'][:, top:top + self.crop, left:left + self.crop].contiguous()
+        for key in ('img', 'kind_mask'):
+            if key in item:
+                item[key] = item[key][:, top:top + self.crop, left:left + self.crop].contiguous()
         lt, ll, lc = top // factor, left // factor, self.crop // factor
         item['low_res'] = item['low_res'][:, lt:lt + lc, ll:ll + lc].contiguous()
         item['crop_yx'] = (top, left)

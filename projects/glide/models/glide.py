@@ -73,8 +73,8 @@ class Glide(BaseModel):
             :meth:`train_noise`; default 0, GLIDE's white noise),
             ``coarse_noise`` and ``coarse_noise_grid`` (see
             :meth:`train_noise`; default 0, none) and
-            ``foreground_weight`` (see :meth:`pixel_weights`; default 0,
-            every pixel alike).
+            ``foreground_weight`` and ``kind_weight`` (see
+            :meth:`pixel_weights`; default 0, every pixel alike).
         test_cfg (dict | None): default keyword arguments of :meth:`infer` for
             ``val_step``/``test_step`` (``guidance_scale``, ``num_inference_steps``...).
         data_preprocessor (dict | None): defaults to mmengine's
@@ -108,12 +108,13 @@ class Glide(BaseModel):
             raise TypeError(f'tokenizer must build a GlideTokenizer, got {type(self.tokenizer).__name__}')
         self.train_cfg = {**dict(stage='base', caption_dropout=0.2, high_noise_prob=0.,
                                  high_noise_from=900, max_mse_weight=None, offset_noise=0.,
-                                 coarse_noise=0., coarse_noise_grid=4, foreground_weight=0.),
+                                 coarse_noise=0., coarse_noise_grid=4, foreground_weight=0.,
+                                 kind_weight=0.),
                           **(train_cfg or {})}
         if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
             raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
                              f"{self.train_cfg['high_noise_prob']}")
-        for key in ('offset_noise', 'coarse_noise', 'foreground_weight'):
+        for key in ('offset_noise', 'coarse_noise', 'foreground_weight', 'kind_weight'):
             if not self.train_cfg[key] >= 0:
                 raise ValueError(f'train_cfg.{key} must be >= 0, got {self.train_cfg[key]}')
         grid = self.train_cfg['coarse_noise_grid']
@@ -485,7 +486,7 @@ class Glide(BaseModel):
             cond['low_res'] = quantize_8bit(batch['low_res'].to(self.device, torch.float32))
         out = unet(x_t, t, tokens, mask, **cond)
         losses = diffusion.training_losses(out.float(), x0, x_t, t, noise,
-                                           pixel_weights=self.pixel_weights(x0))
+                                           pixel_weights=self.pixel_weights(x0, batch.get('kind_mask')))
         mse = losses['mse'] * self.mse_weights(diffusion.inverse_snr(t, b).to(self.device))
         return dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
 
@@ -523,11 +524,20 @@ class Glide(BaseModel):
                                                    align_corners=False)
         return noise
 
-    def pixel_weights(self, x0: torch.Tensor) -> Optional[torch.Tensor]:
+    def pixel_weights(self, x0: torch.Tensor,
+                      kind_mask: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """(B, 1, H, W) per-pixel weights of the eps MSE for images ``x0``
         (B, C, H, W) in [-1, 1]: None (every pixel alike, GLIDE) unless
-        ``train_cfg.foreground_weight`` = w > 0, then 1 + w on foreground
-        pixels and 1 elsewhere.
+        ``train_cfg.foreground_weight`` = w > 0 or ``train_cfg.kind_weight``
+        = k > 0, then ``1 + w * foreground + k * kind_mask``.
+
+        ``kind_mask`` (B, 1, H, W) in [0, 1] (needed when k > 0; the batch
+        key of that name, e.g. from ``ShapesDataset(kind_mask=True)``) marks
+        the pixels whose colour depends on which kind of shape is drawn
+        (``render_kind_mask``). With the foreground weight alone, a square
+        drawn for a circle is wrong only on background pixels of weight 1,
+        and the model learned to draw the named kinds but not which shape
+        gets which (docs/default_model.md, "Why the class lags").
 
         The background is the per-channel median of the image's border
         pixels; a pixel is foreground where any channel differs from it by
@@ -536,14 +546,25 @@ class Glide(BaseModel):
         unweighted, a wrong shape colour costs so little beside the
         background that the loss barely asks the text for it.
         """
-        weight = self.train_cfg['foreground_weight']
-        if not weight:
+        weight, kind_weight = self.train_cfg['foreground_weight'], self.train_cfg['kind_weight']
+        if not weight and not kind_weight:
             return None
+        weights = torch.ones_like(x0[:, :1])
+        if kind_weight:
+            if kind_mask is None:
+                raise ValueError("train_cfg.kind_weight > 0 needs a 'kind_mask' (B, 1, H, W) in the "
+                                 'batch, e.g. from ShapesDataset(kind_mask=True)')
+            if kind_mask.shape != weights.shape:
+                raise ValueError(f'kind_mask must be {tuple(weights.shape)} (B, 1, H, W) like the '
+                                 f'images, got {tuple(kind_mask.shape)}')
+            weights = weights + kind_weight * kind_mask.to(weights)
+        if not weight:
+            return weights
         border = torch.cat([x0[..., 0, :], x0[..., -1, :], x0[..., 1:-1, 0], x0[..., 1:-1, -1]],
                            dim=-1)
         background = border.median(dim=-1).values[..., None, None]  # (B, C, 1, 1)
         foreground = ((x0 - background).abs() > 0.1).any(dim=1, keepdim=True)
-        return 1 + weight * foreground.to(x0.dtype)
+        return weights + weight * foreground.to(x0.dtype)
 
     def mse_weights(self, inverse_snr: torch.Tensor) -> torch.Tensor:
         """(B,) weights of the eps MSE for rows with ``1 / SNR(t)`` given
