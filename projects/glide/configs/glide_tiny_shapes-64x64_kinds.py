@@ -1,7 +1,7 @@
 # A stage for binding each kind of shape to its shape: the shipped config
 # with the kind-dependent pixels of every image (ShapesDataset's kind_mask,
 # see render_kind_mask) weighted 1 + 5 in the eps MSE on top of the
-# foreground weight, and 60% two-shape scenes (40% in the config), run for
+# foreground weight, and 60% two-shape scenes (40% in the shipped config), run for
 # 2,400 iterations from the weights of the last stage (`--init-from`, so a
 # fresh optimiser): learning rate warmed up over 100 iterations to 2e-4,
 # held to iteration 1,400, then decayed linearly to 1e-5 by 2,400. Tried
