@@ -105,3 +105,36 @@ def test_kinds_stage_weighs_the_kind_mask_on_more_two_shape_scenes():
     assert lrs[100:1401] == pytest.approx([2e-4] * 1301)
     assert lrs[1900] == pytest.approx(1.05e-4, rel=1e-2) and lrs[2400] == pytest.approx(1e-5)
     assert all(a > b for a, b in zip(lrs[1400:2399], lrs[1401:2400]))
+
+
+def test_deep_text_stage_adds_two_text_blocks_that_learn_three_times_faster():
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+
+    from mmagic.registry import MODELS
+    deep = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_deep-text.py'))
+    base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
+    assert deep.model == dict(base.model, unet=dict(base.model.unet, xf_layers=4))
+    assert deep.train_dataloader.dataset == dict(base.train_dataloader.dataset, two_shape_prob=0.6)
+    assert deep.test_dataloader == base.test_dataloader and deep.train_cfg.max_iters == 2000
+    init_default_scope('mmagic')
+    model = MODELS.build(deep.model)
+    assert len(model.unet.transformer.resblocks) == 4
+    groups = build_optim_wrapper(model, deep.optim_wrapper).optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr = {names[id(p)]: g['lr'] for g in groups for p in g['params']}
+    assert len(lr) == len(names)
+    text = [n for n in lr if n.startswith('unet.transformer.resblocks.')]
+    assert len(text) == 4 * 12
+    assert all(lr[n] == pytest.approx(6e-4) for n in text)
+    assert all(lr[n] == pytest.approx(2e-3) for n in lr if n.endswith('.position_embedding'))
+    rest = [n for n in lr if n not in text and not n.endswith('.position_embedding')]
+    assert lr['unet.transformer_proj.weight'] == pytest.approx(2e-4)
+    assert all(lr[n] == pytest.approx(2e-4) for n in rest)
+    lrs = _learning_rates(deep, 2000)
+    # warm-up 1e-5 -> 2e-4 over the first 100 iterations, 2e-4 to 1,100, then linear decay to 1e-5 by 2,000
+    assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
+    assert lrs[100:1101] == pytest.approx([2e-4] * 1001)
+    assert lrs[1550] == pytest.approx(1.05e-4, rel=1e-2) and lrs[2000] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(lrs[1100:1999], lrs[1101:2000]))

@@ -468,6 +468,56 @@ def test_train_init_rename_moves_the_blocks_of_a_model_that_gained_attention(tmp
     assert not (tmp_path / 'wd2' / 'init_from.pth').exists()
 
 
+def test_train_init_zero_adds_text_blocks_that_start_as_the_identity(tmp_path, capsys):
+    """Text transformer blocks added with zero output projections leave the
+    text features, and so what the model draws, as the checkpoint had them."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmagic.registry import MODELS
+    from projects.glide.checkpoint import load_checkpoint_file
+    init_default_scope('mmagic')
+    train = load_tool('train')
+    old_cfg, cfg = Config.fromfile(BASE_CFG), Config.fromfile(BASE_CFG)
+    cfg.model.unet.xf_layers = 4
+    cfg.work_dir = str(tmp_path / 'wd')
+    torch.manual_seed(0)
+    old_model = MODELS.build(old_cfg.model).eval()
+    old_path = str(tmp_path / 'old.pth')
+    torch.save(dict(state_dict=old_model.state_dict()), old_path)
+    start = load_checkpoint_file(train.complete_checkpoint(cfg, old_path, zero=('.c_proj.', )))
+    new = [f'unet.transformer.resblocks.{i}.' for i in (2, 3)]
+    assert start['meta']['initialised'] == sorted(k for k in start['state_dict'] if k.startswith(tuple(new)))
+    assert start['meta']['zeroed'] == sorted(f'{b}{m}.c_proj.{p}' for b in new for m in ('attn', 'mlp')
+                                             for p in ('bias', 'weight'))
+    weights = start['state_dict']
+    assert all(not weights[k].any() for k in start['meta']['zeroed'])
+    assert weights[new[0] + 'attn.c_qkv.weight'].std() > 0.01  # the rest keeps its initial values
+    model = MODELS.build(cfg.model).eval()
+    model.load_state_dict(weights)
+    tokens, mask = model.tokenizer(['a red circle above a blue square on a yellow background'], device='cpu')
+    with torch.no_grad():
+        got, want = model.unet.encode_text(tokens, mask), old_model.unet.encode_text(tokens, mask)
+    assert got['xf_out'].shape == (1, 48, 32)
+    assert torch.allclose(got['xf_out'], want['xf_out'], atol=1e-6)
+    assert torch.allclose(got['xf_proj'], want['xf_proj'], atol=1e-6)
+    # without --init-zero the new blocks change the text features
+    model.load_state_dict(load_checkpoint_file(train.complete_checkpoint(cfg, old_path))['state_dict'])
+    with torch.no_grad():
+        assert (model.unet.encode_text(tokens, mask)['xf_out'] - want['xf_out']).abs().max() > 1e-2
+    # it never zeroes the checkpoint's own weights, and needs --init-from
+    with pytest.raises(KeyError, match=r'--init-zero: no initialised key contains unet\.out\.'):
+        train.complete_checkpoint(cfg, old_path, zero=('.c_proj.', 'unet.out.'))
+    capsys.readouterr()
+    assert train.main([BASE_CFG, '--init-zero', '.c_proj.']) == 1
+    assert 'error: --init-zero needs --init-from' in capsys.readouterr().err
+    wd = ['--work-dir', str(tmp_path / 'wd2')]
+    assert train.main([BASE_CFG, *wd, '--init-from', old_path, '--init-zero', '.c_proj.']) == 1
+    assert (f'error: --init-from {old_path} cannot be used: --init-zero: no initialised key contains .c_proj.'
+            in capsys.readouterr().err)
+    assert not (tmp_path / 'wd2' / 'init_from.pth').exists()
+
+
 def test_dist_train_sh_two_cpu_processes(tmp_path):
     if torch.cuda.is_available():
         pytest.skip('checks the CPU-only (gloo) path')
@@ -613,3 +663,55 @@ def test_upsampler_psnr_model_vs_bicubic():
     assert psnr(torch.zeros(3, 4, 4), torch.ones(3, 4, 4)) == pytest.approx(0.0)
     with pytest.raises(KeyError, match='img'):
         metric2.process(None, [dict(image=item['image'], low_res=item['low_res'])])
+
+
+def test_text_binding_probe_reads_linear_codes_and_nothing_else():
+    probe = load_tool('text_binding_probe')
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (900, ), generator=gen)
+    noise = torch.randn(900, 16, generator=gen)
+    coded = noise.clone()
+    coded[:, :3] += 3 * torch.nn.functional.one_hot(labels, 3)  # the label, linearly readable
+    assert probe.linear_probe_accuracy(coded, labels.tolist(), 3) > 95
+    assert abs(probe.linear_probe_accuracy(noise, labels.tolist(), 3) - 100 / 3) < 10
+    with pytest.raises(ValueError, match='train_fraction 1.0 leaves no training or no test rows of 900'):
+        probe.linear_probe_accuracy(coded, labels.tolist(), 3, train_fraction=1.0)
+
+
+def test_text_binding_probe_captions_and_word_positions():
+    from projects.glide.datasets.shapes import parse_caption
+    from projects.glide.models.tokenizer import GlideTokenizer
+    probe = load_tool('text_binding_probe')
+    rows = probe.binding_captions(seed=0)
+    assert len(rows) == 8 * 7 * 6 * 6 == len({r['caption'] for r in rows})
+    assert rows != probe.binding_captions(seed=1) and rows == probe.binding_captions(seed=0)
+    tokenizer = GlideTokenizer(text_ctx=32)
+    for row in rows[:50]:
+        scene = parse_caption(row['caption'])
+        assert [(s.color, s.kind) for s in scene.shapes] == [(row['c1'], row['k1']), (row['c2'], row['k2'])]
+        assert scene.background == row['bg'] and row['k1'] != row['k2'] and row['c1'] != row['c2']
+        tokens = tokenizer.encode(row['caption'])
+        for word, index in probe.word_positions(tokenizer, row).items():
+            assert tokens[index] == tokenizer.encode(' ' + row[word])[-1]
+    # a relation of several words moves the second shape's words along
+    row = dict(caption='a purple circle to the left of a white square on a red background')
+    assert probe.word_positions(tokenizer, row) == dict(c1=1, k1=2, c2=len(tokenizer.encode(
+        'a purple circle to the left of a white')) - 1, k2=len(tokenizer.encode(
+            'a purple circle to the left of a white square')) - 1)
+
+
+def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
+    r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, ckpts['base']], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith('2016 captions')):]
+    assert lines[1] == '| probe | accuracy % | chance % |'
+    rows = [line.strip('|').split(' | ') for line in lines[3:]]
+    assert [row[0].strip() for row in rows] == [name for name, _, _ in load_tool('text_binding_probe').PROBES]
+    accuracy = {row[0].strip(): float(row[1]) for row in rows}
+    assert all(0 <= a <= 100 for a in accuracy.values())
+    # a random model's token states still say which word they hold
+    assert accuracy['first colour token -> its colour (method check)'] > 90
+    assert [float(row[2]) for row in rows] == [12.5] * 5 + [33.3] * 4
+    r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, 'none.pth'], cwd=tmp_path)
+    assert r.returncode == 1 and 'error: file not found: none.pth' in r.stderr

@@ -1,7 +1,8 @@
 """Train or fine-tune a GLIDE model with the mmengine Runner.
 
     python tools/train.py CONFIG [--work-dir DIR]
-                          [--resume [CKPT] | --init-from CKPT [--init-rename OLD=NEW ...]]
+                          [--resume [CKPT] | --init-from CKPT [--init-rename OLD=NEW ...]
+                                              [--init-zero PART ...]]
                           [--amp] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
 
 ``--resume`` without a path resumes from the latest checkpoint in the work
@@ -12,9 +13,12 @@ checkpoint lacks, e.g. blocks added since, keep their initial values and are
 listed; any other mismatch is an error. ``--init-rename OLD=NEW`` first
 renames the checkpoint keys that start with ``OLD`` to start with ``NEW``, for
 blocks that moved: adding attention at a resolution inserts it before that
-level's upsampler, e.g. ``unet.out_blocks.5.1.=unet.out_blocks.5.2.``. The
-completed weights are written to ``WORK_DIR/init_from.pth`` and loaded through
-``load_from``.
+level's upsampler, e.g. ``unet.out_blocks.5.1.=unet.out_blocks.5.2.``.
+``--init-zero PART`` starts the initialised parameters whose keys contain
+``PART`` at zero: residual blocks added with zero output projections (text
+transformer blocks with ``--init-zero .c_proj.``) add nothing at first, so
+training starts from what the checkpoint draws. The completed weights are
+written to ``WORK_DIR/init_from.pth`` and loaded through ``load_from``.
 
 ``--amp`` trains in bfloat16 autocast (``BF16AutocastOptimWrapper``) on
 the GPU or the CPU (worth it on CPUs with AMX/AVX512-BF16), or in float16
@@ -43,6 +47,8 @@ def parse_args(argv=None):
                             'their initial values')
     parser.add_argument('--init-rename', nargs='+', metavar='OLD=NEW', default=[],
                         help='with --init-from: rename the checkpoint keys starting with OLD to start with NEW')
+    parser.add_argument('--init-zero', nargs='+', metavar='PART', default=[],
+                        help='with --init-from: start the initialised parameters whose keys contain PART at zero')
     parser.add_argument('--amp', action='store_true', help='mixed precision: bf16 autocast (CPU or GPU), fp16 on GPUs without bf16')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_iters=100')
@@ -72,10 +78,16 @@ def rename_prefixes(weights: dict, renames: dict) -> dict:
     return renamed
 
 
-def complete_checkpoint(cfg, path: str, renames: dict = None) -> str:
+def complete_checkpoint(cfg, path: str, renames: dict = None, zero: tuple = ()) -> str:
     """Write the weights of ``path`` (keys renamed by :func:`rename_prefixes`),
-    completed with the initial values of the parameters it lacks, to
-    ``WORK_DIR/init_from.pth``; return that path."""
+    completed with the initial values of the parameters it lacks (zeros for
+    those whose keys contain a part of ``zero``), to
+    ``WORK_DIR/init_from.pth``; return that path.
+
+    Raises:
+        KeyError: a part of ``zero`` is in no initialised key (the
+            checkpoint's own weights are never zeroed).
+    """
     import os
 
     import torch
@@ -87,13 +99,20 @@ def complete_checkpoint(cfg, path: str, renames: dict = None) -> str:
     weights = rename_prefixes(ckpt.get('state_dict', ckpt), renames or {})
     model_state = MODELS.build(cfg.model).state_dict()
     completed, added = complete_state_dict(model_state, weights)
+    unused = [part for part in zero if not any(part in k for k in added)]
+    if unused:
+        raise KeyError(f'--init-zero: no initialised key contains {", ".join(unused)}')
+    zeroed = [k for k in added if any(part in k for part in zero)]
+    completed.update({k: torch.zeros_like(completed[k]) for k in zeroed})
     completed = {k: v.to(model_state[k].dtype) for k, v in completed.items()}
     print(f'--init-from {path}: {len(completed) - len(added)} tensors loaded, '
-          f'{len(added)} initialised' + (f': {", ".join(added)}' if added else ''))
+          f'{len(added)} initialised' + (f': {", ".join(added)}' if added else '')
+          + (f'; {len(zeroed)} of them at zero' if zero else ''))
     os.makedirs(cfg.work_dir, exist_ok=True)
     out = osp.join(cfg.work_dir, 'init_from.pth')
     part = f'{out}.{os.getpid()}.part'  # every process of a launch writes the same file
-    meta = dict(init_from=path, initialised=added, **(dict(renamed=renames) if renames else {}))
+    meta = dict(init_from=path, initialised=added, **(dict(renamed=renames) if renames else {}),
+                **(dict(zeroed=zeroed) if zero else {}))
     torch.save(dict(state_dict=completed, meta=meta), part)
     os.replace(part, out)
     return out
@@ -126,9 +145,10 @@ def main(argv=None) -> int:
             print(f'error: checkpoint not found: {args.resume}', file=sys.stderr)
             return 1
         cfg.resume, cfg.load_from = True, args.resume
-    if args.init_rename and not args.init_from:
-        print('error: --init-rename needs --init-from', file=sys.stderr)
-        return 1
+    for option, value in (('--init-rename', args.init_rename), ('--init-zero', args.init_zero)):
+        if value and not args.init_from:
+            print(f'error: {option} needs --init-from', file=sys.stderr)
+            return 1
     bad = [r for r in args.init_rename if '=' not in r or r.startswith('=')]
     if bad:
         print(f'error: --init-rename takes OLD=NEW key prefixes, got {" ".join(bad)}', file=sys.stderr)
@@ -137,7 +157,8 @@ def main(argv=None) -> int:
     if args.init_from:
         from projects.glide.checkpoint import CheckpointMismatchError
         try:
-            cfg.resume, cfg.load_from = False, complete_checkpoint(cfg, args.init_from, renames)
+            cfg.resume, cfg.load_from = False, complete_checkpoint(cfg, args.init_from, renames,
+                                                                   args.init_zero)
         except (FileNotFoundError, KeyError, RuntimeError) as err:
             kind = 'does not fit the config' if isinstance(err, CheckpointMismatchError) else 'cannot be used'
             message = err.args[0] if isinstance(err, KeyError) else err
