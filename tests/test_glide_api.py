@@ -440,6 +440,29 @@ def test_attention_position_lets_the_text_act_in_some_places_only():
         block(torch.zeros(1, 64, 8, 8), text[0])
 
 
+def test_attention_weights_are_what_the_block_mixes_its_values_with():
+    """``TextAttentionBlock.attention_weights``: per pixel a softmax over the
+    text positions then the pixels, and the block's output is the values
+    mixed with exactly those weights."""
+    from projects.glide.models.unet import TextAttentionBlock
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    block = TextAttentionBlock(64, 32, encoder_channels=24, position_size=8)
+    torch.nn.init.normal_(block.proj_out.weight, std=0.1)
+    torch.nn.init.normal_(block.position_embedding, generator=gen)
+    x, text = torch.randn(2, 64, 8, 8, generator=gen), torch.randn(2, 24, 5, generator=gen)
+    with torch.no_grad():
+        weights = block.attention_weights(x, text)
+        assert weights.shape == (2, 2, 64, 5 + 64) and weights.dtype == torch.float32
+        assert torch.allclose(weights.sum(-1), torch.ones(2, 2, 64))
+        _, _, v = block._queries_keys_values(x, text)
+        mixed = (weights @ v).transpose(2, 3).reshape(2, 64, 64)
+        assert torch.allclose(x + block.proj_out(mixed).reshape(2, 64, 8, 8), block(x, text), atol=1e-5)
+        # without text the softmax runs over the pixels alone
+        plain = TextAttentionBlock(64, 32)
+        assert plain.attention_weights(x, None).shape == (2, 2, 64, 64)
+
+
 def test_one_channel_per_group_blocks_global_colour_shifts():
     """Why the tiny configs use 8 groups: with one channel per group the
     output head normalises away each channel's spatial mean, so the text

@@ -700,18 +700,43 @@ def test_text_binding_probe_captions_and_word_positions():
             'a purple circle to the left of a white square')) - 1)
 
 
+def test_text_binding_probe_shape_pixels_keep_each_shape_to_itself():
+    from projects.glide.datasets.shapes import Scene, Shape
+    probe = load_tool('text_binding_probe')
+    scene = Scene('white', [Shape('square', 'red', 'large', center=(0.25, 0.5), extent=0.25),
+                            Shape('circle', 'blue', 'small', center=(0.6, 0.5), extent=0.5)], 'to the left of')
+    pixels = probe.shape_pixels(scene, 16)
+    assert pixels.shape == (2, 16, 16) and pixels.dtype == bool
+    # the square covers columns 2-5 and rows 6-9 in full
+    assert pixels[0].sum() == 16 and pixels[0][6:10, 2:6].all()
+    # the circle (radius 4 pixels at column 9.6, row 8) loses the pixels it shares with the square
+    assert 40 < pixels[1].sum() < 16 * 3.14 and not (pixels[0] & pixels[1]).any()
+    assert pixels[1][8, 9] and not pixels[1][8, 5]
+
+
 def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
-    r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, ckpts['base']], cwd=tmp_path)
+    r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, ckpts['base'], '--scenes', '4'],
+            cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     lines = lines[next(i for i, line in enumerate(lines) if line.startswith('2016 captions')):]
     assert lines[1] == '| probe | accuracy % | chance % |'
-    rows = [line.strip('|').split(' | ') for line in lines[3:]]
-    assert [row[0].strip() for row in rows] == [name for name, _, _ in load_tool('text_binding_probe').PROBES]
-    accuracy = {row[0].strip(): float(row[1]) for row in rows}
+    split = lines.index('')
+    rows = [line.strip('| ').split(' | ') for line in lines[3:split]]
+    assert [row[0] for row in rows] == [name for name, _, _ in load_tool('text_binding_probe').PROBES]
+    accuracy = {row[0]: float(row[1]) for row in rows}
     assert all(0 <= a <= 100 for a in accuracy.values())
     # a random model's token states still say which word they hold
     assert accuracy['first colour token -> its colour (method check)'] > 90
     assert [float(row[2]) for row in rows] == [12.5] * 5 + [33.3] * 4
+    # where the shapes' pixels look: per timestep, level (32x32 then 16x16) and shape
+    assert lines[split + 1] == "attention (% of a pixel's) from the pixels of each shape, 4 noised true renders"
+    assert lines[split + 2] == '| timestep | level | pixels of | c1 | k1 | c2 | k2 | padding | caption |'
+    rows = [line.strip('| ').split(' | ') for line in lines[split + 4:]]
+    assert [row[:3] for row in rows] == [[t, level, shape] for t in ('900', '600') for level in ('32x32', '16x16')
+                                         for shape in ('shape 1', 'shape 2')]
+    for row in rows:
+        c1, k1, c2, k2, padding, caption = map(float, row[3:])
+        assert 0 < c1 + k1 + c2 + k2 + padding <= caption + 0.3 and caption <= 100
     r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, 'none.pth'], cwd=tmp_path)
     assert r.returncode == 1 and 'error: file not found: none.pth' in r.stderr

@@ -1,7 +1,7 @@
-"""Linear probes on a shapes model's text encoder: does each shape's kind
-token carry its own colour, and each colour token its own kind?
+"""Does a shapes model tie each kind of shape to its colour? Linear probes on
+its text encoder, and where its shapes' pixels look in the caption.
 
-    python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0]
+    python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0] [--scenes 48]
 
 A caption with two shapes of different kinds, ``a C1 K1 REL a C2 K2 on a BG
 background``, draws the right picture only if the model can tell which kind
@@ -14,10 +14,17 @@ random), fits a linear softmax probe from one word's token state (its last
 BPE token) to an attribute, on 70% of the captions, and prints the accuracy
 on the other 30%. A probe that reads a word's own attribute (first colour ->
 its colour) checks the method: it should be near 100%. Chance is 12.5% for a
-colour and 33.3% for a kind. It takes about 20 s on a CPU, against
-~17 minutes for a 256-caption ``tools/test.py`` run, so it is a cheap first
-check of a text encoder change (docs/default_model.md, "Why the class
-lags").
+colour and 33.3% for a kind. Both tables take about a minute on a CPU, against
+~17 minutes for a 256-caption ``tools/test.py`` run, so they are a cheap
+first check of a change (docs/default_model.md, "Why the class lags").
+
+The second table is the UNet's side: for ``--scenes`` true two-shape renders
+(different kinds, seen split) noised to timesteps 900 and 600, the attention
+each text attention level pays from the pixels of shape 1 and of shape 2 to
+the words c1, k1, c2, k2, the padding and the whole caption (% of a pixel's
+attention, averaged over pixels, heads and the level's blocks). A model that
+binds has shape 1's pixels on k1 more than on k2, and shape 2's the other
+way round.
 """
 import argparse
 import itertools
@@ -48,7 +55,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('config', help='a shapes model config (e.g. glide_tiny_shapes-64x64.py)')
     parser.add_argument('checkpoint', help='its weights (published or a training checkpoint)')
-    parser.add_argument('--seed', type=int, default=0, help='relations, caption order and probe init')
+    parser.add_argument('--seed', type=int, default=0, help='relations, caption order, probe init, scenes')
+    parser.add_argument('--scenes', type=int, default=48, help='two-shape scenes for the attention table')
     return parser.parse_args(argv)
 
 
@@ -131,6 +139,81 @@ def probe_text_binding(model, seed: int = 0) -> List[Tuple[str, float, float]]:
     return results
 
 
+def shape_pixels(scene, resolution: int):
+    """(2, R, R) bool: the pixels of an R x R grid that each of the scene's
+    two shapes covers by more than 60% and the other does not."""
+    import numpy as np
+
+    from projects.glide.datasets.shapes import shape_coverage
+    covered = np.zeros((2, resolution, resolution))
+    for plane, shape in zip(covered, scene.shapes):
+        rows, cols, coverage = shape_coverage(shape, resolution)
+        plane[rows, cols] = coverage
+    covered = covered > 0.6
+    return np.stack([covered[0] & ~covered[1], covered[1] & ~covered[0]])
+
+
+def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900, 600),
+                       seed: int = 0) -> List[Tuple[int, int, int, Dict[str, float]]]:
+    """Where the pixels of each shape look in the caption (see the module
+    docstring). Returns ``(timestep, level side, shape 1 or 2, {word: %})``
+    rows, words ``c1, k1, c2, k2, padding, caption`` (all text positions)."""
+    import numpy as np
+    import torch
+
+    from projects.glide.datasets.shapes import render_scene, sample_scene
+    from projects.glide.models.unet import TextAttentionBlock
+    rng = np.random.default_rng(seed)
+    drawn = []
+    while len(drawn) < scenes:
+        scene = sample_scene(rng, 'seen', two_shape_prob=1.0)
+        if scene.shapes[0].kind != scene.shapes[1].kind:
+            drawn.append(scene)
+    rows = [dict(caption=f'a {a.color} {a.kind} {sc.relation} a {b.color} {b.kind} on a {sc.background} background')
+            for sc in drawn for a, b in [sc.shapes]]
+    positions = [word_positions(model.tokenizer, r) for r in rows]
+    tokens, mask = model.tokenizer([r['caption'] for r in rows], device='cpu')
+    unet = model.unet.cpu().float().eval()
+    side = unet.image_size
+    x0 = torch.stack([torch.from_numpy(render_scene(sc, side)).permute(2, 0, 1) for sc in drawn]) * 2 - 1
+    weights = []  # (side of the level, (B, T, H*W) text attention averaged over heads)
+    hooks = [m.register_forward_hook(
+        lambda m, args, out: weights.append((args[0].shape[-1], m.attention_weights(*args)[..., :tokens.shape[1]]
+                                             .mean(1).transpose(1, 2))))
+        for m in unet.modules() if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
+    alphas_cumprod = model.diffusion_scheduler.train_diffusion.alphas_cumprod
+    generator = torch.Generator().manual_seed(seed)
+    results = []
+    try:
+        for t in timesteps:
+            a = float(alphas_cumprod[t])
+            x_t = a ** 0.5 * x0 + (1 - a) ** 0.5 * torch.randn(x0.shape, generator=generator)
+            weights.clear()
+            with torch.no_grad():
+                unet(x_t, torch.full((len(drawn), ), t), tokens, mask)
+            for level in sorted({w[0] for w in weights}, reverse=True):
+                attention = torch.stack([w for s, w in weights if s == level]).mean(0)  # (B, T, H*W)
+                pixels = torch.from_numpy(np.stack([shape_pixels(sc, level) for sc in drawn]))
+                for shape in (0, 1):
+                    sums = dict.fromkeys(('c1', 'k1', 'c2', 'k2', 'padding', 'caption'), 0.)
+                    count = 0
+                    for i, p in enumerate(positions):
+                        where = pixels[i, shape].reshape(-1)
+                        if not where.any():
+                            continue
+                        look = attention[i][:, where].mean(1)  # (T, )
+                        for word in ('c1', 'k1', 'c2', 'k2'):
+                            sums[word] += look[p[word]].item()
+                        sums['padding'] += look[~mask[i]].sum().item()
+                        sums['caption'] += look.sum().item()
+                        count += 1
+                    results.append((t, level, shape + 1, {k: 100 * v / max(count, 1) for k, v in sums.items()}))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for path in (args.config, args.checkpoint):
@@ -149,6 +232,10 @@ def main(argv=None) -> int:
     print(f'| probe | accuracy % | chance % |\n|---|---|---|')
     for name, accuracy, chance in results:
         print(f'| {name} | {accuracy:.1f} | {chance:.1f} |')
+    print(f'\nattention (% of a pixel\'s) from the pixels of each shape, {args.scenes} noised true renders')
+    print('| timestep | level | pixels of | c1 | k1 | c2 | k2 | padding | caption |\n|---|---|---|---|---|---|---|---|---|')
+    for t, level, shape, share in attention_on_words(model, args.scenes, seed=args.seed):
+        print(f'| {t} | {level}x{level} | shape {shape} | ' + ' | '.join(f'{v:.1f}' for v in share.values()) + ' |')
     return 0
 
 

@@ -318,7 +318,7 @@ def _pixel_window(lo: float, hi: float, res: int) -> slice:
                  min(res, int(np.ceil(hi * res)) + 1))
 
 
-def _coverage(shape: Shape, res: int) -> Tuple[slice, slice, np.ndarray]:
+def shape_coverage(shape: Shape, res: int) -> Tuple[slice, slice, np.ndarray]:
     """The pixel window (rows, columns) around ``shape`` in an R x R image
     and the shape's anti-aliased coverage there, float64 in [0, 1]: ``clip(0.5
     - signed distance in samples, 0, 1)`` on ``s = ceil(SUPERSAMPLED_SIDE /
@@ -341,7 +341,7 @@ def _check_concrete(scene: Scene) -> None:
 def render_scene(scene: Scene, resolution: int) -> np.ndarray:
     """Render a concrete scene as float32 (R, R, 3) RGB in [0, 1].
 
-    Coverage is anti-aliased by supersampling (:func:`_coverage`), so a
+    Coverage is anti-aliased by supersampling (:func:`shape_coverage`), so a
     render at R equals the box-downsampled render at ``R * s`` (e.g. 64 vs
     256) up to float rounding. Palette colours are exact (``round(x * 255)``)
     wherever coverage is full.
@@ -351,7 +351,7 @@ def render_scene(scene: Scene, resolution: int) -> np.ndarray:
     img = np.empty((res, res, 3), np.float32)
     img[:] = np.asarray(PALETTE[scene.background], np.float32) / 255
     for s in scene.shapes:
-        wy, wx, cov = _coverage(s, res)
+        wy, wx, cov = shape_coverage(s, res)
         color = np.asarray(PALETTE[s.color], np.float32) / 255
         window = img[wy, wx]
         window += cov.astype(np.float32)[..., None] * (color - window)
@@ -376,7 +376,7 @@ def render_kind_mask(scene: Scene, resolution: int) -> np.ndarray:
     res = int(resolution)
     mask = np.zeros((res, res), np.float32)
     for s in scene.shapes:
-        covs = [_coverage(replace(s, kind=k), res) for k in KINDS]
+        covs = [shape_coverage(replace(s, kind=k), res) for k in KINDS]
         wy, wx = covs[0][:2]
         stack = np.stack([c for _, _, c in covs])
         np.maximum(mask[wy, wx], stack.max(0) - stack.min(0), out=mask[wy, wx])

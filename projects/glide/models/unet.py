@@ -141,8 +141,9 @@ class TextAttentionBlock(nn.Module):
         if position_size is not None:
             self.position_embedding = nn.Parameter(torch.zeros(channels, position_size, position_size))
 
-    def forward(self, x: torch.Tensor, text_states: Optional[torch.Tensor]) -> torch.Tensor:
-        """x: (B, C, H, W); text_states: (B, text_width, T) or None."""
+    def _queries_keys_values(self, x: torch.Tensor, text_states: Optional[torch.Tensor]):
+        """q (B, heads, H*W, ch) and k, v (B, heads, T + H*W, ch), the text
+        positions first (T = 0 without text)."""
         b, c, *spatial = x.shape
         heads = self.num_heads
         h = self.norm(x)
@@ -158,10 +159,24 @@ class TextAttentionBlock(nn.Module):
             ek, ev = kv.split(c // heads, dim=3)
             k = torch.cat([ek, k], dim=2)
             v = torch.cat([ev, v], dim=2)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, text_states: Optional[torch.Tensor]) -> torch.Tensor:
+        """x: (B, C, H, W); text_states: (B, text_width, T) or None."""
+        b, c, *spatial = x.shape
+        q, k, v = self._queries_keys_values(x, text_states)
         # fused kernels need unit stride on the channel axis
         h = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
         h = self.proj_out(h.transpose(2, 3).reshape(b, c, -1))
         return x + h.reshape(b, c, *spatial)
+
+    def attention_weights(self, x: torch.Tensor, text_states: Optional[torch.Tensor]) -> torch.Tensor:
+        """The weights ``forward`` mixes the values with, for analysis:
+        (B, heads, H*W, T + H*W), each pixel's softmax over the T text
+        positions, then the pixels; computed in float32."""
+        q, k, _ = self._queries_keys_values(x, text_states)
+        scores = q.float() @ k.float().transpose(2, 3) / q.shape[-1] ** 0.5
+        return scores.softmax(dim=-1)
 
 
 class TimeEmbedding(nn.Module):
