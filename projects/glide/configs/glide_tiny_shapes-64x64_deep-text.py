@@ -9,7 +9,9 @@
 # config). 2,000 iterations from the weights of the last stage
 # (`--init-from`, so a fresh optimiser): learning rate warmed up over 100
 # iterations to 2e-4, held to iteration 1,100, then decayed linearly to 1e-5
-# by 2,000.
+# by 2,000. Tried from the shipped weights and not shipped: the second kind
+# token carried its own colour less, not more, and the binding of kinds to
+# shapes got worse (docs/default_model.md, "Why the class lags").
 #   python tools/train.py projects/glide/configs/glide_tiny_shapes-64x64_deep-text.py --amp \
 #       --work-dir work_dirs/deep_text --init-from work_dirs/attention32/iter_3000.pth \
 #       --init-zero .c_proj.
