@@ -153,64 +153,80 @@ def shape_pixels(scene, resolution: int):
     return np.stack([covered[0] & ~covered[1], covered[1] & ~covered[0]])
 
 
-def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900, 600),
-                       seed: int = 0) -> List[Tuple[int, int, int, Dict[str, float]]]:
-    """Where the pixels of each shape look in the caption (see the module
-    docstring). Returns ``(timestep, level side, shape 1 or 2, {word: %})``
-    rows, words ``c1, k1, c2, k2, padding, caption`` (all text positions)."""
+def two_kind_scenes(count: int, seed: int = 0) -> Tuple[list, List[str]]:
+    """``count`` seeded random scenes (seen split) with two shapes of
+    different kinds, and their canonical captions."""
     import numpy as np
-    import torch
 
-    from projects.glide.datasets.shapes import render_scene, sample_scene
-    from projects.glide.models.unet import TextAttentionBlock
+    from projects.glide.datasets.shapes import sample_scene
     rng = np.random.default_rng(seed)
-    drawn = []
-    while len(drawn) < scenes:
+    scenes = []
+    while len(scenes) < count:
         scene = sample_scene(rng, 'seen', two_shape_prob=1.0)
         if scene.shapes[0].kind != scene.shapes[1].kind:
-            drawn.append(scene)
-    rows = [dict(caption=f'a {a.color} {a.kind} {sc.relation} a {b.color} {b.kind} on a {sc.background} background')
-            for sc in drawn for a, b in [sc.shapes]]
-    positions = [word_positions(model.tokenizer, r) for r in rows]
-    tokens, mask = model.tokenizer([r['caption'] for r in rows], device='cpu')
-    unet = model.unet.cpu().float().eval()
-    side = unet.image_size
-    x0 = torch.stack([torch.from_numpy(render_scene(sc, side)).permute(2, 0, 1) for sc in drawn]) * 2 - 1
-    weights = []  # (side of the level, (B, T, H*W) text attention averaged over heads)
-    hooks = [m.register_forward_hook(
-        lambda m, args, out: weights.append((args[0].shape[-1], m.attention_weights(*args)[..., :tokens.shape[1]]
-                                             .mean(1).transpose(1, 2))))
-        for m in unet.modules() if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
-    alphas_cumprod = model.diffusion_scheduler.train_diffusion.alphas_cumprod
-    generator = torch.Generator().manual_seed(seed)
-    results = []
+            scenes.append(scene)
+    captions = [f'a {a.color} {a.kind} {sc.relation} a {b.color} {b.kind} on a {sc.background} background'
+                for sc in scenes for a, b in [sc.shapes]]
+    return scenes, captions
+
+
+def text_attention_by_level(unet, x_t, t: int, tokens, mask) -> dict:
+    """Run ``unet`` on ``x_t`` (B, 3, R, R) at timestep ``t``; return, per
+    side of a text attention level, the attention of each pixel on each text
+    position (B, T, H*W), averaged over heads and the level's blocks."""
+    import torch
+
+    from projects.glide.models.unet import TextAttentionBlock
+    levels = {}
+
+    def record(block, args, out):
+        weights = block.attention_weights(*args)[..., :tokens.shape[1]].mean(1).transpose(1, 2)
+        levels.setdefault(args[0].shape[-1], []).append(weights)
+
+    hooks = [m.register_forward_hook(record) for m in unet.modules()
+             if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
     try:
-        for t in timesteps:
-            a = float(alphas_cumprod[t])
-            x_t = a ** 0.5 * x0 + (1 - a) ** 0.5 * torch.randn(x0.shape, generator=generator)
-            weights.clear()
-            with torch.no_grad():
-                unet(x_t, torch.full((len(drawn), ), t), tokens, mask)
-            for level in sorted({w[0] for w in weights}, reverse=True):
-                attention = torch.stack([w for s, w in weights if s == level]).mean(0)  # (B, T, H*W)
-                pixels = torch.from_numpy(np.stack([shape_pixels(sc, level) for sc in drawn]))
-                for shape in (0, 1):
-                    sums = dict.fromkeys(('c1', 'k1', 'c2', 'k2', 'padding', 'caption'), 0.)
-                    count = 0
-                    for i, p in enumerate(positions):
-                        where = pixels[i, shape].reshape(-1)
-                        if not where.any():
-                            continue
-                        look = attention[i][:, where].mean(1)  # (T, )
-                        for word in ('c1', 'k1', 'c2', 'k2'):
-                            sums[word] += look[p[word]].item()
-                        sums['padding'] += look[~mask[i]].sum().item()
-                        sums['caption'] += look.sum().item()
-                        count += 1
-                    results.append((t, level, shape + 1, {k: 100 * v / max(count, 1) for k, v in sums.items()}))
+        with torch.no_grad():
+            unet(x_t, torch.full((len(x_t), ), t), tokens, mask)
     finally:
         for hook in hooks:
             hook.remove()
+    return {side: torch.stack(found).mean(0) for side, found in levels.items()}
+
+
+def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900, 600),
+                       seed: int = 0) -> List[Tuple[int, int, int, Dict[str, float]]]:
+    """Where the pixels of each shape look in the caption (see the module
+    docstring); moves the UNet to the CPU in float32. Returns ``(timestep,
+    level side, shape 1 or 2, {word: %})`` rows, finest level first, words
+    ``c1, k1, c2, k2, padding, caption`` (all text positions)."""
+    import numpy as np
+    import torch
+
+    from projects.glide.datasets.shapes import render_scene
+    drawn, captions = two_kind_scenes(scenes, seed)
+    positions = [word_positions(model.tokenizer, dict(caption=c)) for c in captions]
+    tokens, mask = model.tokenizer(captions, device='cpu')
+    unet = model.unet.cpu().float().eval()
+    x0 = torch.stack([torch.from_numpy(render_scene(sc, unet.image_size)).permute(2, 0, 1) for sc in drawn]) * 2 - 1
+    alphas_cumprod = model.diffusion_scheduler.train_diffusion.alphas_cumprod
+    generator = torch.Generator().manual_seed(seed)
+    results = []
+    for t in timesteps:
+        a = float(alphas_cumprod[t])
+        x_t = a ** 0.5 * x0 + (1 - a) ** 0.5 * torch.randn(x0.shape, generator=generator)
+        for side, attention in sorted(text_attention_by_level(unet, x_t, t, tokens, mask).items(), reverse=True):
+            pixels = np.stack([shape_pixels(sc, side) for sc in drawn]).reshape(len(drawn), 2, -1)
+            for shape in (0, 1):
+                shares = []
+                for i, p in enumerate(positions):
+                    if pixels[i, shape].any():
+                        look = attention[i][:, torch.from_numpy(pixels[i, shape])].mean(1)  # (T, )
+                        shares.append([look[p[w]].item() for w in ('c1', 'k1', 'c2', 'k2')]
+                                      + [look[~mask[i]].sum().item(), look.sum().item()])
+                mean = 100 * np.mean(shares, axis=0) if shares else np.zeros(6)
+                results.append((t, side, shape + 1, dict(zip(('c1', 'k1', 'c2', 'k2', 'padding', 'caption'),
+                                                              mean.tolist()))))
     return results
 
 
