@@ -74,6 +74,18 @@ def _learning_rates(cfg, iterations):
     return lrs
 
 
+def _assert_warm_hold_decay(lrs, hold_until, end):
+    """``lrs`` (one per iteration, ``end`` + 1 of them) rise from 1e-5 to 2e-4
+    over the first 100 iterations, hold 2e-4 to ``hold_until``, then fall
+    linearly to 1e-5 by ``end``."""
+    assert len(lrs) == end + 1
+    assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
+    assert all(a < b for a, b in zip(lrs[:99], lrs[1:100]))
+    assert lrs[100:hold_until + 1] == pytest.approx([2e-4] * (hold_until - 99))
+    assert lrs[(hold_until + end) // 2] == pytest.approx(1.05e-4, rel=1e-2) and lrs[end] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(lrs[hold_until:end - 1], lrs[hold_until + 1:end]))
+
+
 def test_lr_decay_stage_is_the_shipped_model_with_a_held_then_decaying_learning_rate():
     from mmengine.config import Config
     decay = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_lr-decay.py'))
@@ -81,13 +93,7 @@ def test_lr_decay_stage_is_the_shipped_model_with_a_held_then_decaying_learning_
     assert decay.model == base.model and decay.train_dataloader == base.train_dataloader
     assert decay.model.unet.attention_res == (16, 32)
     assert decay.train_cfg.max_iters == 3000
-    lrs = _learning_rates(decay, 3000)
-    # warm-up 1e-5 -> 2e-4 over the first 100 iterations, 2e-4 to 1,900, then linear decay to 1e-5 by 3,000
-    assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
-    assert all(a < b for a, b in zip(lrs[:99], lrs[1:100]))
-    assert lrs[100:1901] == pytest.approx([2e-4] * 1801)
-    assert lrs[2450] == pytest.approx(1.05e-4, rel=1e-2) and lrs[3000] == pytest.approx(1e-5)
-    assert all(a > b for a, b in zip(lrs[1900:2999], lrs[1901:3000]))
+    _assert_warm_hold_decay(_learning_rates(decay, 3000), hold_until=1900, end=3000)
 
 
 def test_kinds_stage_weighs_the_kind_mask_on_more_two_shape_scenes():
@@ -99,12 +105,7 @@ def test_kinds_stage_weighs_the_kind_mask_on_more_two_shape_scenes():
     assert kinds.train_dataloader.dataset == dict(base.train_dataloader.dataset, kind_mask=True,
                                                   two_shape_prob=0.6)
     assert kinds.test_dataloader == base.test_dataloader and kinds.train_cfg.max_iters == 2400
-    lrs = _learning_rates(kinds, 2400)
-    # warm-up 1e-5 -> 2e-4 over the first 100 iterations, 2e-4 to 1,400, then linear decay to 1e-5 by 2,400
-    assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
-    assert lrs[100:1401] == pytest.approx([2e-4] * 1301)
-    assert lrs[1900] == pytest.approx(1.05e-4, rel=1e-2) and lrs[2400] == pytest.approx(1e-5)
-    assert all(a > b for a, b in zip(lrs[1400:2399], lrs[1401:2400]))
+    _assert_warm_hold_decay(_learning_rates(kinds, 2400), hold_until=1400, end=2400)
 
 
 def test_deep_text_stage_adds_two_text_blocks_that_learn_three_times_faster():
@@ -132,9 +133,4 @@ def test_deep_text_stage_adds_two_text_blocks_that_learn_three_times_faster():
     rest = [n for n in lr if n not in text and not n.endswith('.position_embedding')]
     assert lr['unet.transformer_proj.weight'] == pytest.approx(2e-4)
     assert all(lr[n] == pytest.approx(2e-4) for n in rest)
-    lrs = _learning_rates(deep, 2000)
-    # warm-up 1e-5 -> 2e-4 over the first 100 iterations, 2e-4 to 1,100, then linear decay to 1e-5 by 2,000
-    assert lrs[0] == pytest.approx(1e-5) and lrs[100] == pytest.approx(2e-4) == max(lrs)
-    assert lrs[100:1101] == pytest.approx([2e-4] * 1001)
-    assert lrs[1550] == pytest.approx(1.05e-4, rel=1e-2) and lrs[2000] == pytest.approx(1e-5)
-    assert all(a > b for a, b in zip(lrs[1100:1999], lrs[1101:2000]))
+    _assert_warm_hold_decay(_learning_rates(deep, 2000), hold_until=1100, end=2000)
