@@ -691,11 +691,12 @@ def test_text_binding_probe_captions_and_word_positions():
         assert [(s.color, s.kind) for s in scene.shapes] == [(row['c1'], row['k1']), (row['c2'], row['k2'])]
         assert scene.background == row['bg'] and row['k1'] != row['k2'] and row['c1'] != row['c2']
         tokens = tokenizer.encode(row['caption'])
-        for word, index in probe.word_positions(tokenizer, row).items():
+        for word, index in probe.word_positions(tokenizer, row['caption']).items():
             assert tokens[index] == tokenizer.encode(' ' + row[word])[-1]
     # a relation of several words moves the second shape's words along
-    row = dict(caption='a purple circle to the left of a white square on a red background')
-    assert probe.word_positions(tokenizer, row) == dict(c1=1, k1=2, c2=len(tokenizer.encode(
+    caption = probe.two_shape_caption('purple', 'circle', 'to the left of', 'white', 'square', 'red')
+    assert caption == 'a purple circle to the left of a white square on a red background'
+    assert probe.word_positions(tokenizer, caption) == dict(c1=1, k1=2, c2=len(tokenizer.encode(
         'a purple circle to the left of a white')) - 1, k2=len(tokenizer.encode(
             'a purple circle to the left of a white square')) - 1)
 

@@ -60,6 +60,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def two_shape_caption(c1: str, k1: str, relation: str, c2: str, k2: str, background: str) -> str:
+    """The canonical caption ``a C1 K1 REL a C2 K2 on a BG background``."""
+    return f'a {c1} {k1} {relation} a {c2} {k2} on a {background} background'
+
+
 def binding_captions(seed: int = 0) -> List[Dict[str, str]]:
     """Every two-shape caption with different colours and different kinds,
     in a seeded random order: dicts with the ``caption`` and its words
@@ -74,15 +79,14 @@ def binding_captions(seed: int = 0) -> List[Dict[str, str]]:
         for (c1, c2), (k1, k2) in itertools.product(itertools.permutations(colours, 2),
                                                     itertools.permutations(KINDS, 2)):
             rel = RELATIONS[rng.integers(len(RELATIONS))]
-            rows.append(dict(caption=f'a {c1} {k1} {rel} a {c2} {k2} on a {bg} background',
-                             c1=c1, k1=k1, c2=c2, k2=k2, bg=bg))
+            rows.append(dict(caption=two_shape_caption(c1, k1, rel, c2, k2, bg), c1=c1, k1=k1, c2=c2, k2=k2, bg=bg))
     return [rows[i] for i in rng.permutation(len(rows))]
 
 
-def word_positions(tokenizer, row: Dict[str, str]) -> Dict[str, int]:
+def word_positions(tokenizer, caption: str) -> Dict[str, int]:
     """The token index of the last BPE token of each of ``c1, k1, c2, k2``
-    in ``row['caption']`` (found by encoding the caption's prefixes)."""
-    words = row['caption'].split(' ')
+    in a :func:`two_shape_caption` (found by encoding its prefixes)."""
+    words = caption.split(' ')
     targets = {'c1': 1, 'k1': 2}
     second = words.index('a', 3)  # the article of the second shape
     targets.update(c2=second + 1, k2=second + 2)
@@ -128,7 +132,7 @@ def probe_text_binding(model, seed: int = 0) -> List[Tuple[str, float, float]]:
     unet = model.unet.cpu().eval()
     with torch.no_grad():
         states = unet.encode_text(tokens, mask)['xf_out'].float().transpose(1, 2)  # (N, T, C)
-    positions = [word_positions(model.tokenizer, r) for r in rows]
+    positions = [word_positions(model.tokenizer, r['caption']) for r in rows]
     results = []
     for name, word, attribute in PROBES:
         classes = COLORS if attribute.startswith('c') else KINDS
@@ -165,7 +169,7 @@ def two_kind_scenes(count: int, seed: int = 0) -> Tuple[list, List[str]]:
         scene = sample_scene(rng, 'seen', two_shape_prob=1.0)
         if scene.shapes[0].kind != scene.shapes[1].kind:
             scenes.append(scene)
-    captions = [f'a {a.color} {a.kind} {sc.relation} a {b.color} {b.kind} on a {sc.background} background'
+    captions = [two_shape_caption(a.color, a.kind, sc.relation, b.color, b.kind, sc.background)
                 for sc in scenes for a, b in [sc.shapes]]
     return scenes, captions
 
@@ -205,7 +209,7 @@ def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900,
 
     from projects.glide.datasets.shapes import render_scene
     drawn, captions = two_kind_scenes(scenes, seed)
-    positions = [word_positions(model.tokenizer, dict(caption=c)) for c in captions]
+    positions = [word_positions(model.tokenizer, c) for c in captions]
     tokens, mask = model.tokenizer(captions, device='cpu')
     unet = model.unet.cpu().float().eval()
     x0 = torch.stack([torch.from_numpy(render_scene(sc, unet.image_size)).permute(2, 0, 1) for sc in drawn]) * 2 - 1
@@ -245,11 +249,12 @@ def main(argv=None) -> int:
     results = probe_text_binding(model, args.seed)
     print(f'{len(binding_captions(args.seed))} captions "a C1 K1 REL a C2 K2 on a BG background", '
           'probes fit on 70%, test accuracy on 30%')
-    print(f'| probe | accuracy % | chance % |\n|---|---|---|')
+    print('| probe | accuracy % | chance % |\n|---|---|---|')
     for name, accuracy, chance in results:
         print(f'| {name} | {accuracy:.1f} | {chance:.1f} |')
     print(f'\nattention (% of a pixel\'s) from the pixels of each shape, {args.scenes} noised true renders')
-    print('| timestep | level | pixels of | c1 | k1 | c2 | k2 | padding | caption |\n|---|---|---|---|---|---|---|---|---|')
+    print('| timestep | level | pixels of | c1 | k1 | c2 | k2 | padding | caption |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for t, level, shape, share in attention_on_words(model, args.scenes, seed=args.seed):
         print(f'| {t} | {level}x{level} | shape {shape} | ' + ' | '.join(f'{v:.1f}' for v in share.values()) + ' |')
     return 0
