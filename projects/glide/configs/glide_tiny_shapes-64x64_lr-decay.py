@@ -1,7 +1,7 @@
 # The last stage of the bundled default model: the shipped config (text
 # attention at 32x32 and 16x16) for 3,000 iterations from the weights of a
 # model with attention at 16x16 only (`--init-from`, so a fresh optimiser;
-# the new attention blocks start as identities, and `--init-rename` moves the
+# the new attention blocks start at their random initial values, and `--init-rename` moves the
 # 32x32 level's upsampler to its new place after them), the learning rate
 # warmed up over 100 iterations to 2e-4 (half the config's), held there to
 # iteration 1,900 and then decayed linearly to 1e-5 by iteration 3,000.
