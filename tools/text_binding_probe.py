@@ -36,8 +36,12 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-#: (name, word whose token state is read, attribute predicted). Words: c1,
-#: k1 (first shape's colour and kind), c2, k2 (second shape's).
+#: The words of a two-shape caption that the tables read: the first shape's
+#: colour and kind, then the second shape's.
+WORDS: Tuple[str, ...] = ('c1', 'k1', 'c2', 'k2')
+
+#: (name, word whose token state is read, attribute predicted), words of
+#: :data:`WORDS`.
 PROBES: Tuple[Tuple[str, str, str], ...] = (
     ('first colour token -> its colour (method check)', 'c1', 'c1'),
     ('first kind token -> its colour', 'k1', 'c1'),
@@ -121,13 +125,13 @@ def linear_probe_accuracy(features, labels: Sequence[int], num_classes: int,
     return (predicted == y[n_train:]).float().mean().item() * 100
 
 
-def probe_text_binding(model, seed: int = 0) -> List[Tuple[str, float, float]]:
-    """Run :data:`PROBES` on ``model`` (a shapes :class:`Glide`); return
-    ``(name, test accuracy %, chance %)`` per probe."""
+def probe_text_binding(model, rows: List[Dict[str, str]], seed: int = 0) -> List[Tuple[str, float, float]]:
+    """Run :data:`PROBES` on ``model`` (a shapes :class:`Glide`) over
+    ``rows`` of :func:`binding_captions`; return ``(name, test accuracy %,
+    chance %)`` per probe."""
     import torch
 
     from projects.glide.datasets.shapes import COLORS, KINDS
-    rows = binding_captions(seed)
     tokens, mask = model.tokenizer([r['caption'] for r in rows], device='cpu')
     unet = model.unet.cpu().eval()
     with torch.no_grad():
@@ -226,11 +230,10 @@ def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900,
                 for i, p in enumerate(positions):
                     if pixels[i, shape].any():
                         look = attention[i][:, torch.from_numpy(pixels[i, shape])].mean(1)  # (T, )
-                        shares.append([look[p[w]].item() for w in ('c1', 'k1', 'c2', 'k2')]
+                        shares.append([look[p[w]].item() for w in WORDS]
                                       + [look[~mask[i]].sum().item(), look.sum().item()])
                 mean = 100 * np.mean(shares, axis=0) if shares else np.zeros(6)
-                results.append((t, side, shape + 1, dict(zip(('c1', 'k1', 'c2', 'k2', 'padding', 'caption'),
-                                                              mean.tolist()))))
+                results.append((t, side, shape + 1, dict(zip(WORDS + ('padding', 'caption'), mean.tolist()))))
     return results
 
 
@@ -246,8 +249,9 @@ def main(argv=None) -> int:
     from mmagic.apis import init_model
     init_default_scope('mmagic')
     model = init_model(args.config, args.checkpoint, device='cpu')
-    results = probe_text_binding(model, args.seed)
-    print(f'{len(binding_captions(args.seed))} captions "a C1 K1 REL a C2 K2 on a BG background", '
+    rows = binding_captions(args.seed)
+    results = probe_text_binding(model, rows, args.seed)
+    print(f'{len(rows)} captions "a C1 K1 REL a C2 K2 on a BG background", '
           'probes fit on 70%, test accuracy on 30%')
     print('| probe | accuracy % | chance % |\n|---|---|---|')
     for name, accuracy, chance in results:
