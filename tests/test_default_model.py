@@ -108,29 +108,53 @@ def test_kinds_stage_weighs_the_kind_mask_on_more_two_shape_scenes():
     _assert_warm_hold_decay(_learning_rates(kinds, 2400), hold_until=1400, end=2400)
 
 
-def test_deep_text_stage_adds_two_text_blocks_that_learn_three_times_faster():
-    from mmengine.config import Config
+def _assert_text_blocks_learn_three_times_faster(cfg, text_blocks):
+    """Build ``cfg``'s model and optimiser through mmengine and check each
+    parameter's learning rate: 3x in the text blocks, the base config's 10x
+    on the attention position embeddings, 2e-4 elsewhere."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
 
     from mmagic.registry import MODELS
-    deep = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_deep-text.py'))
-    base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
-    assert deep.model == dict(base.model, unet=dict(base.model.unet, xf_layers=4))
-    assert deep.train_dataloader.dataset == dict(base.train_dataloader.dataset, two_shape_prob=0.6)
-    assert deep.test_dataloader == base.test_dataloader and deep.train_cfg.max_iters == 2000
     init_default_scope('mmagic')
-    model = MODELS.build(deep.model)
-    assert len(model.unet.transformer.resblocks) == 4
-    groups = build_optim_wrapper(model, deep.optim_wrapper).optimizer.param_groups
+    model = MODELS.build(cfg.model)
+    assert len(model.unet.transformer.resblocks) == text_blocks
+    groups = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     lr = {names[id(p)]: g['lr'] for g in groups for p in g['params']}
     assert len(lr) == len(names)
     text = [n for n in lr if n.startswith('unet.transformer.resblocks.')]
-    assert len(text) == 4 * 12
+    assert len(text) == text_blocks * 12
     assert all(lr[n] == pytest.approx(6e-4) for n in text)
     assert all(lr[n] == pytest.approx(2e-3) for n in lr if n.endswith('.position_embedding'))
     rest = [n for n in lr if n not in text and not n.endswith('.position_embedding')]
     assert lr['unet.transformer_proj.weight'] == pytest.approx(2e-4)
     assert all(lr[n] == pytest.approx(2e-4) for n in rest)
-    _assert_warm_hold_decay(_learning_rates(deep, 2000), hold_until=1100, end=2000)
+    return model
+
+
+@pytest.mark.parametrize('name, unet_change, text_blocks', [
+    ('glide_tiny_shapes-64x64_deep-text.py', dict(xf_layers=4), 4),
+    ('glide_tiny_shapes-64x64_local-text.py', dict(xf_local_window=1), 2)])
+def test_text_stages_change_only_the_text_encoder_and_teach_it_three_times_faster(name, unet_change,
+                                                                                  text_blocks):
+    from mmengine.config import Config
+    stage = Config.fromfile(str(CONFIGS / name))
+    base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
+    assert stage.model == dict(base.model, unet=dict(base.model.unet, **unet_change))
+    assert stage.train_dataloader.dataset == dict(base.train_dataloader.dataset, two_shape_prob=0.6)
+    assert stage.test_dataloader == base.test_dataloader and stage.train_cfg.max_iters == 2000
+    model = _assert_text_blocks_learn_three_times_faster(stage, text_blocks)
+    assert model.unet.transformer.local_window == unet_change.get('xf_local_window')
+    _assert_warm_hold_decay(_learning_rates(stage, 2000), hold_until=1100, end=2000)
+
+
+def test_local_text_stage_starts_from_the_shipped_parameters():
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmagic.registry import MODELS
+    init_default_scope('mmagic')
+    model = MODELS.build(Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_local-text.py')).model)
+    shipped = torch.load(WEIGHTS / 'glide_tiny_shapes-64x64.pth', weights_only=True)['state_dict']
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in shipped.items()}

@@ -379,9 +379,9 @@ def test_loss_weights_the_kind_mask_from_the_batch(base_model, monkeypatch):
 def _tiny_unet(**kwargs):
     from projects.glide.models import Text2ImUNet
     torch.manual_seed(0)
-    return Text2ImUNet(image_size=32, base_channels=32, channel_mult=(1, 2),
-                       resblocks_per_downsample=1, attention_res=(16, ), num_head_channels=32,
-                       text_ctx=8, xf_width=32, xf_layers=1, xf_heads=1, **kwargs).eval()
+    size = dict(image_size=32, base_channels=32, channel_mult=(1, 2), resblocks_per_downsample=1,
+                attention_res=(16, ), num_head_channels=32, text_ctx=8, xf_width=32, xf_layers=1, xf_heads=1)
+    return Text2ImUNet(**dict(size, **kwargs)).eval()
 
 
 def test_norm_groups_set_every_group_norm_and_are_checked(reference_model):
@@ -461,6 +461,47 @@ def test_attention_weights_are_what_the_block_mixes_its_values_with():
         # without text the softmax runs over the pixels alone
         plain = TextAttentionBlock(64, 32)
         assert plain.attention_weights(x, None).shape == (2, 2, 64, 64)
+
+
+def test_local_attention_mask_keeps_caption_tokens_near_and_padding_global():
+    from projects.glide.models.text_transformer import local_attention_mask
+    token_mask = torch.tensor([[True, True, True, True, False, False],
+                               [False] * 6])  # a caption of 4 tokens; an empty one
+    allowed = local_attention_mask(token_mask, 1)
+    assert allowed.shape == (2, 1, 6, 6) and allowed.dtype == torch.bool
+    expected = torch.tensor([[1, 1, 0, 0, 0, 0],
+                             [1, 1, 1, 0, 0, 0],
+                             [0, 1, 1, 1, 0, 0],
+                             [0, 0, 1, 1, 0, 0],
+                             [1, 1, 1, 1, 1, 1],
+                             [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(allowed[0, 0], expected)
+    assert allowed[1].all()  # no caption tokens: every position sees every position
+    assert torch.equal(local_attention_mask(token_mask, 0)[0, 0, :4, :4], torch.eye(4, dtype=torch.bool))
+
+
+def test_local_text_window_hides_far_words_from_caption_tokens():
+    """With ``xf_local_window=1`` and two text blocks a caption token's state
+    depends on the tokens at most two positions away and on nothing else;
+    the padding positions and the pooled feature still depend on all."""
+    tokens = torch.tensor([[10, 11, 12, 13, 14, 15, 0, 0]])
+    other = tokens.clone()
+    other[0, 0] = 99  # change the first word
+    mask = torch.tensor([[True] * 6 + [False] * 2])
+    changed = {}
+    for window in (None, 1):
+        unet = _tiny_unet(xf_layers=2, xf_local_window=window)
+        with torch.no_grad():
+            a, b = unet.encode_text(tokens, mask), unet.encode_text(other, mask)
+        changed[window] = (a['xf_out'] - b['xf_out']).abs().amax(dim=1)[0]  # (T,)
+        assert (a['xf_proj'] - b['xf_proj']).abs().max() > 1e-3
+    assert (changed[None] > 1e-3).all()
+    assert (changed[1][:3] > 1e-3).all() and (changed[1][3:6] == 0).all() and (changed[1][6:] > 1e-3).all()
+    with pytest.raises(ValueError, match='a text transformer with a local_window needs the token mask'):
+        _tiny_unet(xf_local_window=1, xf_padding=False).encode_text(tokens, None)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f'local_window must be None or an int >= 0, got {bad!r}'):
+            _tiny_unet(xf_local_window=bad)
 
 
 def test_one_channel_per_group_blocks_global_colour_shifts():

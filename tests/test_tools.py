@@ -716,8 +716,8 @@ def test_text_binding_probe_shape_pixels_keep_each_shape_to_itself():
 
 
 def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
-    r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, ckpts['base'], '--scenes', '4'],
-            cwd=tmp_path)
+    r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, ckpts['base'], '--scenes', '4',
+             '--swaps', '2'], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     lines = lines[next(i for i, line in enumerate(lines) if line.startswith('2016 captions')):]
@@ -732,12 +732,37 @@ def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
     assert [float(row[2]) for row in rows] == [12.5] * 5 + [33.3] * 4
     # where the shapes' pixels look: per timestep, level (32x32 then 16x16) and shape
     assert lines[split + 1] == "attention (% of a pixel's) from the pixels of each shape, 4 noised true renders"
-    assert lines[split + 2] == '| timestep | level | pixels of | c1 | k1 | c2 | k2 | padding | caption |'
-    rows = [line.strip('| ').split(' | ') for line in lines[split + 4:]]
+    assert lines[split + 2] == ('| timestep | level | pixels of | c1 | k1 | c2 | k2 | padding | caption '
+                                '| own shape | other shape |')
+    end = lines.index('', split + 1)
+    rows = [line.strip('| ').split(' | ') for line in lines[split + 4:end]]
     assert [row[:3] for row in rows] == [[t, level, shape] for t in ('900', '600') for level in ('32x32', '16x16')
                                          for shape in ('shape 1', 'shape 2')]
     for row in rows:
-        c1, k1, c2, k2, padding, caption = map(float, row[3:])
-        assert 0 < c1 + k1 + c2 + k2 + padding <= caption + 0.3 and caption <= 100
+        c1, k1, c2, k2, padding, caption, own, other = map(float, row[3:])
+        assert 0 < c1 + k1 + c2 + k2 + padding <= caption + 0.3
+        assert own > 0 and other > 0 and caption + own + other <= 100.3
+    split = end
+    assert lines[split + 1:split + 4] == [
+        'kind drawn for 2 one-shape captions with one text feature from the caption with the kind changed',
+        '| feature from the changed caption | caption kind | swapped kind | other or none |', '|---|---|---|---|']
+    rows = [line.strip('| ').split(' | ') for line in lines[split + 4:]]
+    assert [row[0] for row in rows] == ['xf_proj', 'xf_out'] and all(sum(map(int, row[1:])) == 2 for row in rows)
     r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, 'none.pth'], cwd=tmp_path)
     assert r.returncode == 1 and 'error: file not found: none.pth' in r.stderr
+
+
+def test_shipped_model_draws_the_kind_its_token_states_say():
+    """The kind-source table on the shipped weights: with the per-token states
+    of the caption with the kind changed the model draws the changed kind,
+    with only the pooled feature changed it draws the caption's kind."""
+    from mmengine.registry import init_default_scope
+
+    from mmagic.apis import init_model
+    init_default_scope('mmagic')
+    model = init_model(BASE_CFG, osp.join(REPO, 'projects', 'glide', 'weights', 'glide_tiny_shapes-64x64.pth'),
+                       device='cpu')
+    counts = load_tool('text_binding_probe').kind_source(model, count=4)
+    assert counts['xf_out']['swapped kind'] >= 3 and counts['xf_proj']['caption kind'] >= 3
+    assert all(sum(c.values()) == 4 for c in counts.values())
+    assert 'encode_text' not in vars(model.unet)  # the swap is undone

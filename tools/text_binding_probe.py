@@ -1,7 +1,7 @@
 """Does a shapes model tie each kind of shape to its colour? Linear probes on
 its text encoder, and where its shapes' pixels look in the caption.
 
-    python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0] [--scenes 48]
+    python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0] [--scenes 48] [--swaps 12]
 
 A caption with two shapes of different kinds, ``a C1 K1 REL a C2 K2 on a BG
 background``, draws the right picture only if the model can tell which kind
@@ -21,10 +21,12 @@ first check of a change (docs/default_model.md, "Why the class lags").
 The second table is the UNet's side: for ``--scenes`` true two-shape renders
 (different kinds, seen split) noised to timesteps 900 and 600, the attention
 each text attention level pays from the pixels of shape 1 and of shape 2 to
-the words c1, k1, c2, k2, the padding and the whole caption (% of a pixel's
-attention, averaged over pixels, heads and the level's blocks). A model that
-binds has shape 1's pixels on k1 more than on k2, and shape 2's the other
-way round.
+the words c1, k1, c2, k2, the padding and the whole caption, and to the
+pixels of its own shape and of the other shape (% of a pixel's attention,
+averaged over pixels, heads and the level's blocks; the rest goes to the
+background's pixels). A model that binds has shape 1's pixels on k1 more
+than on k2, and shape 2's the other way round; a shape whose pixels look
+at the other shape's pixels can take on its kind.
 """
 import argparse
 import itertools
@@ -61,6 +63,8 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='its weights (published or a training checkpoint)')
     parser.add_argument('--seed', type=int, default=0, help='relations, caption order, probe init, scenes')
     parser.add_argument('--scenes', type=int, default=48, help='two-shape scenes for the attention table')
+    parser.add_argument('--swaps', type=int, default=12,
+                        help='one-shape captions for the kind-source table (0: skip it)')
     return parser.parse_args(argv)
 
 
@@ -178,18 +182,21 @@ def two_kind_scenes(count: int, seed: int = 0) -> Tuple[list, List[str]]:
     return scenes, captions
 
 
-def text_attention_by_level(unet, x_t, t: int, tokens, mask) -> dict:
+def attention_by_level(unet, x_t, t: int, tokens, mask) -> dict:
     """Run ``unet`` on ``x_t`` (B, 3, R, R) at timestep ``t``; return, per
-    side of a text attention level, the attention of each pixel on each text
-    position (B, T, H*W), averaged over heads and the level's blocks."""
+    side of a text attention level, the attention of each pixel on each key
+    (B, T + H*W, H*W): text positions first, then the level's pixels;
+    averaged over heads and the level's blocks."""
     import torch
 
     from projects.glide.models.unet import TextAttentionBlock
-    levels = {}
+    sums, counts = {}, {}
 
     def record(block, args, out):
-        weights = block.attention_weights(*args)[..., :tokens.shape[1]].mean(1).transpose(1, 2)
-        levels.setdefault(args[0].shape[-1], []).append(weights)
+        side = args[0].shape[-1]
+        weights = block.attention_weights(*args).mean(1).transpose(1, 2)
+        sums[side] = sums.get(side, 0) + weights
+        counts[side] = counts.get(side, 0) + 1
 
     hooks = [m.register_forward_hook(record) for m in unet.modules()
              if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
@@ -199,15 +206,21 @@ def text_attention_by_level(unet, x_t, t: int, tokens, mask) -> dict:
     finally:
         for hook in hooks:
             hook.remove()
-    return {side: torch.stack(found).mean(0) for side, found in levels.items()}
+    return {side: total / counts[side] for side, total in sums.items()}
+
+
+#: The columns of :func:`attention_on_words`: the words of :data:`WORDS`, all
+#: padding positions, the whole caption, then the pixels of the looking
+#: shape and of the other shape.
+ATTENTION_COLUMNS: Tuple[str, ...] = WORDS + ('padding', 'caption', 'own shape', 'other shape')
 
 
 def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900, 600),
                        seed: int = 0) -> List[Tuple[int, int, int, Dict[str, float]]]:
-    """Where the pixels of each shape look in the caption (see the module
-    docstring); moves the UNet to the CPU in float32. Returns ``(timestep,
-    level side, shape 1 or 2, {word: %})`` rows, finest level first, words
-    ``c1, k1, c2, k2, padding, caption`` (all text positions)."""
+    """Where the pixels of each shape look (see the module docstring); moves
+    the UNet to the CPU in float32. Returns ``(timestep, level side, shape 1
+    or 2, {column: %})`` rows, finest level first, columns
+    :data:`ATTENTION_COLUMNS`."""
     import numpy as np
     import torch
 
@@ -215,6 +228,7 @@ def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900,
     drawn, captions = two_kind_scenes(scenes, seed)
     positions = [word_positions(model.tokenizer, c) for c in captions]
     tokens, mask = model.tokenizer(captions, device='cpu')
+    text = tokens.shape[1]
     unet = model.unet.cpu().float().eval()
     x0 = torch.stack([torch.from_numpy(render_scene(sc, unet.image_size)).permute(2, 0, 1) for sc in drawn]) * 2 - 1
     alphas_cumprod = model.diffusion_scheduler.train_diffusion.alphas_cumprod
@@ -223,18 +237,70 @@ def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900,
     for t in timesteps:
         a = float(alphas_cumprod[t])
         x_t = a ** 0.5 * x0 + (1 - a) ** 0.5 * torch.randn(x0.shape, generator=generator)
-        for side, attention in sorted(text_attention_by_level(unet, x_t, t, tokens, mask).items(), reverse=True):
-            pixels = np.stack([shape_pixels(sc, side) for sc in drawn]).reshape(len(drawn), 2, -1)
+        for side, attention in sorted(attention_by_level(unet, x_t, t, tokens, mask).items(), reverse=True):
+            pixels = torch.from_numpy(np.stack([shape_pixels(sc, side) for sc in drawn]).reshape(len(drawn), 2, -1))
             for shape in (0, 1):
                 shares = []
                 for i, p in enumerate(positions):
                     if pixels[i, shape].any():
-                        look = attention[i][:, torch.from_numpy(pixels[i, shape])].mean(1)  # (T, )
-                        shares.append([look[p[w]].item() for w in WORDS]
-                                      + [look[~mask[i]].sum().item(), look.sum().item()])
-                mean = 100 * np.mean(shares, axis=0) if shares else np.zeros(6)
-                results.append((t, side, shape + 1, dict(zip(WORDS + ('padding', 'caption'), mean.tolist()))))
+                        look = attention[i][:, pixels[i, shape]].mean(1)  # (T + H*W, )
+                        words, seen = look[:text], look[text:]
+                        shares.append([words[p[w]].item() for w in WORDS]
+                                      + [words[~mask[i]].sum().item(), words.sum().item(),
+                                         seen[pixels[i, shape]].sum().item(), seen[pixels[i, 1 - shape]].sum().item()])
+                mean = 100 * np.mean(shares, axis=0) if shares else np.zeros(len(ATTENTION_COLUMNS))
+                results.append((t, side, shape + 1, dict(zip(ATTENTION_COLUMNS, mean.tolist()))))
     return results
+
+
+#: The feature swaps of :func:`kind_source` and the kinds it counts.
+SWAPPED_FEATURES: Tuple[str, ...] = ('xf_proj', 'xf_out')
+KIND_OUTCOMES: Tuple[str, ...] = ('caption kind', 'swapped kind', 'other or none')
+
+
+def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, int]]:
+    """Which text feature draws a shape's kind (see the module docstring).
+
+    Returns ``{feature: {outcome: images}}`` for the features of
+    :data:`SWAPPED_FEATURES` and the outcomes of :data:`KIND_OUTCOMES`.
+    """
+    import torch
+    from mmengine.registry import init_default_scope
+
+    from mmagic.registry import DATASETS
+    from projects.glide.datasets.shapes import KINDS, parse_caption
+    from projects.glide.evaluation.shapes_accuracy import judge_image
+    init_default_scope('mmagic')
+    dataset = DATASETS.build(dict(type='ShapesDataset', split='seen', size=count, seed=seed, two_shape_prob=0.,
+                                  resolution=model.unet.image_size))
+    captions = [dataset[i]['prompt'] for i in range(count)]
+    swapped_kind = dict(zip(KINDS, KINDS[1:] + KINDS[:1]))
+    token_of = {kind: model.tokenizer.encode(' ' + kind)[-1] for kind in KINDS}
+    unet = model.unet
+    encode_text = unet.encode_text
+    counts = {}
+    for feature in SWAPPED_FEATURES:
+
+        def encode_with_swap(tokens, mask, feature=feature):
+            swapped = tokens.clone()
+            for kind, other in swapped_kind.items():
+                swapped[tokens == token_of[kind]] = token_of[other]
+            return dict(encode_text(tokens, mask), **{feature: encode_text(swapped, mask)[feature]})
+
+        unet.encode_text = encode_with_swap
+        try:
+            samples = model.infer(prompt=captions, seed=seed, guidance_scale=3., num_inference_steps=25)['samples']
+        finally:
+            del unet.encode_text  # back to the class's method
+        images = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        counts[feature] = dict.fromkeys(KIND_OUTCOMES, 0)
+        for image, caption in zip(images, captions):
+            kind = parse_caption(caption).shapes[0].kind
+            found = judge_image(image, caption)['matched'][0]
+            found = found['kind'] if found else None
+            outcome = {kind: 'caption kind', swapped_kind[kind]: 'swapped kind'}.get(found, 'other or none')
+            counts[feature][outcome] += 1
+    return counts
 
 
 def main(argv=None) -> int:
@@ -257,10 +323,17 @@ def main(argv=None) -> int:
     for name, accuracy, chance in results:
         print(f'| {name} | {accuracy:.1f} | {chance:.1f} |')
     print(f'\nattention (% of a pixel\'s) from the pixels of each shape, {args.scenes} noised true renders')
-    print('| timestep | level | pixels of | c1 | k1 | c2 | k2 | padding | caption |')
-    print('|---|---|---|---|---|---|---|---|---|')
+    print('| timestep | level | pixels of | ' + ' | '.join(ATTENTION_COLUMNS) + ' |')
+    print('|---|---|---|' + '---|' * len(ATTENTION_COLUMNS))
     for t, level, shape, share in attention_on_words(model, args.scenes, seed=args.seed):
         print(f'| {t} | {level}x{level} | shape {shape} | ' + ' | '.join(f'{v:.1f}' for v in share.values()) + ' |')
+    if args.swaps:
+        print(f'\nkind drawn for {args.swaps} one-shape captions with one text feature from the caption '
+              'with the kind changed')
+        print('| feature from the changed caption | ' + ' | '.join(KIND_OUTCOMES) + ' |')
+        print('|---|' + '---|' * len(KIND_OUTCOMES))
+        for feature, outcomes in kind_source(model, args.swaps, args.seed).items():
+            print(f'| {feature} | ' + ' | '.join(str(n) for n in outcomes.values()) + ' |')
     return 0
 
 

@@ -230,6 +230,9 @@ class Text2ImUNet(nn.Module):
         xf_width, xf_layers, xf_heads (int): text transformer size (512, 16, 8).
         xf_final_ln (bool): LayerNorm after the transformer.
         xf_padding (bool): learned embedding replaces padded positions.
+        xf_local_window (int | None): keep each caption token's attention
+            to tokens at most this far away (None in GLIDE: all tokens); see
+            :func:`~.text_transformer.local_attention_mask`.
         n_vocab (int): token vocabulary (50257, GPT-2 BPE).
         dtype (str): ``'fp32'`` (default), ``'fp16'`` or ``'bf16'`` weights and
             activations; normalisation stays float32.
@@ -268,6 +271,7 @@ class Text2ImUNet(nn.Module):
                  xf_heads: int = 8,
                  xf_final_ln: bool = True,
                  xf_padding: bool = True,
+                 xf_local_window: Optional[int] = None,
                  n_vocab: int = 50257,
                  dtype: str = 'fp32',
                  norm_groups: int = 32,
@@ -287,7 +291,7 @@ class Text2ImUNet(nn.Module):
         attention_ds = {image_size // res for res in attention_res}
 
         # text encoder (names as in openai's Text2ImUNet)
-        self.transformer = TextTransformer(xf_width, xf_layers, xf_heads)
+        self.transformer = TextTransformer(xf_width, xf_layers, xf_heads, xf_local_window)
         self.final_ln = FP32LayerNorm(xf_width) if xf_final_ln else None
         self.token_embedding = nn.Embedding(n_vocab, xf_width)
         self.positional_embedding = nn.Parameter(torch.empty(text_ctx, xf_width).normal_(std=0.01))
@@ -387,7 +391,7 @@ class Text2ImUNet(nn.Module):
             if mask is None:
                 raise ValueError('this model uses a padding embedding: pass the token mask')
             x = torch.where(mask[..., None], x, self.padding_embedding[None])
-        x = self.transformer(x.to(self.dtype))
+        x = self.transformer(x.to(self.dtype), mask)
         if self.final_ln is not None:
             x = self.final_ln(x)
         return dict(xf_proj=self.transformer_proj(x[:, -1]), xf_out=x.permute(0, 2, 1))
