@@ -14,9 +14,9 @@ random), fits a linear softmax probe from one word's token state (its last
 BPE token) to an attribute, on 70% of the captions, and prints the accuracy
 on the other 30%. A probe that reads a word's own attribute (first colour ->
 its colour) checks the method: it should be near 100%. Chance is 12.5% for a
-colour and 33.3% for a kind. Both tables take about a minute on a CPU, against
-~17 minutes for a 256-caption ``tools/test.py`` run, so they are a cheap
-first check of a change (docs/default_model.md, "Why the class lags").
+colour and 33.3% for a kind. The three tables take about a minute and a
+half on a CPU, against ~17 minutes for a 256-caption ``tools/test.py`` run,
+so they are a cheap first check of a change (docs/default_model.md, "Why the class lags").
 
 The second table is the UNet's side: for ``--scenes`` true two-shape renders
 (different kinds, seen split) noised to timesteps 900 and 600, the attention
@@ -27,6 +27,15 @@ averaged over pixels, heads and the level's blocks; the rest goes to the
 background's pixels). A model that binds has shape 1's pixels on k1 more
 than on k2, and shape 2's the other way round; a shape whose pixels look
 at the other shape's pixels can take on its kind.
+
+The third table asks which of the two text features the UNet gets draws the
+kind of a shape: the per-token states (``xf_out``, read by attention) or the
+pooled feature (``xf_proj``, added to the timestep embedding). For
+``--swaps`` one-shape captions (seen split) it samples twice (guidance 3,
+25 steps of the config's sampler), each time with one of the two features
+taken from the caption with the kind changed (circle -> square -> triangle
+-> circle), and counts which kind the judge finds. Skip it with
+``--swaps 0``; it takes about half a minute.
 """
 import argparse
 import itertools
