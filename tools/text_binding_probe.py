@@ -1,5 +1,6 @@
 """Does a shapes model tie each kind of shape to its colour? Linear probes on
-its text encoder, and where its shapes' pixels look in the caption.
+its text encoder, where its shapes' pixels look, and which text feature
+draws a shape's kind.
 
     python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0] [--scenes 48] [--swaps 12]
 
@@ -253,10 +254,11 @@ def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900,
                 for i, p in enumerate(positions):
                     if pixels[i, shape].any():
                         look = attention[i][:, pixels[i, shape]].mean(1)  # (T + H*W, )
-                        words, seen = look[:text], look[text:]
-                        shares.append([words[p[w]].item() for w in WORDS]
-                                      + [words[~mask[i]].sum().item(), words.sum().item(),
-                                         seen[pixels[i, shape]].sum().item(), seen[pixels[i, 1 - shape]].sum().item()])
+                        on_text, on_pixels = look[:text], look[text:]
+                        shares.append([on_text[p[w]].item() for w in WORDS]
+                                      + [on_text[~mask[i]].sum().item(), on_text.sum().item(),
+                                         on_pixels[pixels[i, shape]].sum().item(),
+                                         on_pixels[pixels[i, 1 - shape]].sum().item()])
                 mean = 100 * np.mean(shares, axis=0) if shares else np.zeros(len(ATTENTION_COLUMNS))
                 results.append((t, side, shape + 1, dict(zip(ATTENTION_COLUMNS, mean.tolist()))))
     return results
@@ -284,7 +286,7 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
                                   resolution=model.unet.image_size))
     captions = [dataset[i]['prompt'] for i in range(count)]
     swapped_kind = dict(zip(KINDS, KINDS[1:] + KINDS[:1]))
-    token_of = {kind: model.tokenizer.encode(' ' + kind)[-1] for kind in KINDS}
+    token_of = {kind: model.tokenizer.encode(' ' + kind)[-1] for kind in KINDS}  # one BPE token each
     unet = model.unet
     encode_text = unet.encode_text
     counts = {}
