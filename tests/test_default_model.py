@@ -146,15 +146,11 @@ def test_text_stages_change_only_the_text_encoder_and_teach_it_three_times_faste
     assert stage.test_dataloader == base.test_dataloader and stage.train_cfg.max_iters == 2000
     model = _assert_text_blocks_learn_three_times_faster(stage, text_blocks)
     assert model.unet.transformer.local_window == unet_change.get('xf_local_window')
-    _assert_warm_hold_decay(_learning_rates(stage, 2000), hold_until=1100, end=2000)
-
-
-def test_local_text_stage_starts_from_the_shipped_parameters():
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    from mmagic.registry import MODELS
-    init_default_scope('mmagic')
-    model = MODELS.build(Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_local-text.py')).model)
+    # a stage starts from the shipped weights: every shipped tensor fits, and
+    # the only new ones are the added text blocks'
+    state = model.state_dict()
     shipped = torch.load(WEIGHTS / 'glide_tiny_shapes-64x64.pth', weights_only=True)['state_dict']
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in shipped.items()}
+    assert all(state[k].shape == v.shape for k, v in shipped.items())
+    assert sorted(set(state) - set(shipped)) == sorted(
+        k for k in state if k.startswith(tuple(f'unet.transformer.resblocks.{i}.' for i in range(2, text_blocks))))
+    _assert_warm_hold_decay(_learning_rates(stage, 2000), hold_until=1100, end=2000)
