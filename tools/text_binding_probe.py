@@ -279,12 +279,12 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
     from mmengine.registry import init_default_scope
 
     from mmagic.registry import DATASETS
-    from projects.glide.datasets.shapes import KINDS, parse_caption
+    from projects.glide.datasets.shapes import KINDS
     from projects.glide.evaluation.shapes_accuracy import judge_image
     init_default_scope('mmagic')
     dataset = DATASETS.build(dict(type='ShapesDataset', split='seen', size=count, seed=seed, two_shape_prob=0.,
                                   resolution=model.unet.image_size))
-    captions = [dataset[i]['prompt'] for i in range(count)]
+    scenes, captions = zip(*(dataset.get_scene(i) for i in range(count)))  # no renders needed
     swapped_kind = dict(zip(KINDS, KINDS[1:] + KINDS[:1]))
     token_of = {kind: model.tokenizer.encode(' ' + kind)[-1] for kind in KINDS}  # one BPE token each
     unet = model.unet
@@ -300,13 +300,14 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
 
         unet.encode_text = encode_with_swap
         try:
-            samples = model.infer(prompt=captions, seed=seed, guidance_scale=3., num_inference_steps=25)['samples']
+            samples = model.infer(prompt=list(captions), seed=seed, guidance_scale=3.,
+                                  num_inference_steps=25)['samples']
         finally:
             del unet.encode_text  # back to the class's method
         images = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
         counts[feature] = dict.fromkeys(KIND_OUTCOMES, 0)
-        for image, caption in zip(images, captions):
-            kind = parse_caption(caption).shapes[0].kind
+        for image, scene, caption in zip(images, scenes, captions):
+            kind = scene.shapes[0].kind
             found = judge_image(image, caption)['matched'][0]
             found = found['kind'] if found else None
             outcome = {kind: 'caption kind', swapped_kind[kind]: 'swapped kind'}.get(found, 'other or none')
