@@ -133,16 +133,23 @@ def _assert_text_blocks_learn_three_times_faster(cfg, text_blocks):
     return model
 
 
-@pytest.mark.parametrize('name, unet_change, text_blocks', [
-    ('glide_tiny_shapes-64x64_deep-text.py', dict(xf_layers=4), 4),
-    ('glide_tiny_shapes-64x64_local-text.py', dict(xf_local_window=1), 2)])
-def test_text_stages_change_only_the_text_encoder_and_teach_it_three_times_faster(name, unet_change,
-                                                                                  text_blocks):
+@pytest.mark.parametrize('name, unet_change, loss_change, data_change, text_blocks', [
+    ('glide_tiny_shapes-64x64_deep-text.py', dict(xf_layers=4), {}, {}, 4),
+    ('glide_tiny_shapes-64x64_local-text.py', dict(xf_local_window=1), {}, {}, 2),
+    ('glide_tiny_shapes-64x64_grounding.py', {}, dict(grounding_weight=1., grounding_sides=(16, )),
+     dict(grounding=True), 2)])
+def test_text_stages_change_only_the_text_side_and_teach_the_encoder_three_times_faster(
+        name, unet_change, loss_change, data_change, text_blocks):
+    """The stages that work on the binding of words to shapes: the shipped
+    model with only the named changes to the UNet, the training loss and the
+    data, and the deep-text stage's schedule."""
     from mmengine.config import Config
     stage = Config.fromfile(str(CONFIGS / name))
     base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
-    assert stage.model == dict(base.model, unet=dict(base.model.unet, **unet_change))
-    assert stage.train_dataloader.dataset == dict(base.train_dataloader.dataset, two_shape_prob=0.6)
+    assert stage.model == dict(base.model, unet=dict(base.model.unet, **unet_change),
+                               train_cfg=dict(base.model.train_cfg, **loss_change))
+    assert stage.train_dataloader.dataset == dict(base.train_dataloader.dataset, two_shape_prob=0.6,
+                                                  **data_change)
     assert stage.test_dataloader == base.test_dataloader and stage.train_cfg.max_iters == 2000
     model = _assert_text_blocks_learn_three_times_faster(stage, text_blocks)
     assert model.unet.transformer.local_window == unet_change.get('xf_local_window')

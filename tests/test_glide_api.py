@@ -229,6 +229,7 @@ def test_train_timesteps_uniform_or_focused_on_high_noise(base_model, monkeypatc
     (dict(offset_noise=-0.1), r'offset_noise must be >= 0, got -0.1'),
     (dict(foreground_weight=-1), r'foreground_weight must be >= 0, got -1'),
     (dict(kind_weight=-2), r'kind_weight must be >= 0, got -2'),
+    (dict(grounding_weight=-0.5), r'grounding_weight must be >= 0, got -0.5'),
     (dict(coarse_noise=-0.2), r'coarse_noise must be >= 0, got -0.2'),
     (dict(coarse_noise_grid=0), r'coarse_noise_grid must be an int >= 1, got 0'),
     (dict(coarse_noise_grid=2.5), r'coarse_noise_grid must be an int >= 1, got 2.5'),
@@ -374,6 +375,67 @@ def test_loss_weights_the_kind_mask_from_the_batch(base_model, monkeypatch):
     batch = dict(img=torch.full((2, 3, 64, 64), -1.), prompt=['a', 'b'], kind_mask=kind_mask)
     plain, weighted = _plain_and_weighted_mse(base_model, monkeypatch, batch, 'kind_weight', 4.)
     assert 1.7 < (weighted / plain).item() < 2.3
+
+
+def _grounding_batch(model):
+    """Two captions, each shape's colour and kind word, and masks of the
+    left and right halves."""
+    from projects.glide.datasets import Scene, Shape, shape_word_positions
+    prompts = ['a red circle to the left of a blue square', 'a green triangle to the left of a red circle']
+    scenes = [Scene('white', [Shape('circle', 'red'), Shape('square', 'blue')], 'to the left of'),
+              Scene('white', [Shape('triangle', 'green'), Shape('circle', 'red')], 'to the left of')]
+    positions = torch.stack([torch.from_numpy(shape_word_positions(model.tokenizer, p, sc))
+                             for p, sc in zip(prompts, scenes)])
+    masks = torch.zeros(2, 2, 64, 64)
+    masks[:, 0, :, :32] = 1.
+    masks[:, 1, :, 32:] = 1.
+    return dict(img=torch.rand(2, 3, 64, 64) * 2 - 1, prompt=prompts, grounding_tokens=positions,
+                grounding_masks=masks)
+
+
+def test_loss_adds_the_grounding_loss_of_the_batchs_words(base_model, monkeypatch):
+    """``grounding_weight`` adds ``loss_grounding``, that weight times the
+    mean word loss over the text attention blocks, and leaves the other
+    losses alone; rows whose prompt was dropped do not count."""
+    from projects.glide.models.grounding import recorded_text_attention, token_grounding_loss
+    batch = _grounding_batch(base_model)
+    torch.manual_seed(3)
+    plain = base_model.loss(batch)
+    assert set(plain) == {'loss_mse', 'loss_vb'}
+    monkeypatch.setitem(base_model.train_cfg, 'grounding_weight', 2.)
+    monkeypatch.setitem(base_model.train_cfg, 'caption_dropout', 0.)
+    torch.manual_seed(3)
+    grounded = base_model.loss(batch)
+    torch.manual_seed(3)
+    monkeypatch.setitem(base_model.train_cfg, 'grounding_weight', 0.)
+    same_draws = base_model.loss(batch)
+    for key in ('loss_mse', 'loss_vb'):
+        torch.testing.assert_close(grounded[key], same_draws[key])
+    # the same number from the parts, on the same timesteps
+    torch.manual_seed(3)
+    torch.rand(2)  # the caption dropout's draw
+    tokens, mask = base_model.tokenizer(batch['prompt'])
+    t = base_model.sample_train_timesteps(2, 1000)
+    diffusion = base_model.diffusion_scheduler.train_diffusion
+    x_t = diffusion.q_sample(batch['img'], t, base_model.train_noise(batch['img']))
+    with recorded_text_attention(base_model.unet) as records:
+        base_model.unet(x_t, t, tokens, mask)
+    assert records
+    expected = torch.stack([token_grounding_loss(w, batch['grounding_tokens'], batch['grounding_masks'])[0].mean()
+                            for _, w in records]).mean()
+    torch.testing.assert_close(grounded['loss_grounding'], 2 * expected)
+    assert 0.1 < expected < 1
+    monkeypatch.setitem(base_model.train_cfg, 'grounding_weight', 2.)
+    monkeypatch.setitem(base_model.train_cfg, 'caption_dropout', 1.)
+    assert base_model.loss(batch)['loss_grounding'] == 0
+    monkeypatch.setitem(base_model.train_cfg, 'grounding_sides', (64, ))
+    with pytest.raises(ValueError, match=r'train_cfg.grounding_weight > 0 needs text attention blocks; the '
+                                         r'UNet has none on feature maps of the sides \(64,\)'):
+        base_model.loss(batch)
+    del batch['grounding_masks']
+    with pytest.raises(ValueError, match=r"train_cfg.grounding_weight > 0 needs 'grounding_masks' in the "
+                                         r'batch, e.g. from ShapesDataset\(grounding=True\)'):
+        base_model.loss(batch)
 
 
 def _tiny_unet(**kwargs):

@@ -12,9 +12,15 @@ from projects.glide.datasets.shapes import (COLORS, HELD_OUT_PAIRS, KINDS,
                                             ShapesDataset, caption,
                                             is_held_out, make_prompt_set,
                                             parse_caption, render_kind_mask,
-                                            render_scene,
+                                            render_scene, render_shape_masks,
                                             sample_scene, scene_from_caption,
-                                            write_prompt_file)
+                                            shape_word_positions, write_prompt_file)
+
+
+@pytest.fixture(scope='module')
+def tokenizer():
+    from projects.glide.models import GlideTokenizer
+    return GlideTokenizer()
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -138,6 +144,64 @@ def test_kind_mask_marks_the_pixels_that_depend_on_the_kind():
     assert torch.equal(crops[1]['kind_mask'], whole[:, top:top + 128, left:left + 128])
     with pytest.raises(ValueError, match='scene has no layout; call realize_scene first'):
         render_kind_mask(parse_caption('a red circle on a blue background'), 64)
+
+
+def test_shape_masks_cover_each_shape_and_nothing_else():
+    scene = Scene('red', [Shape('circle', 'blue', 'small', None, (0.25, 0.3), 0.2),
+                          Shape('triangle', 'green', 'small', None, (0.7, 0.7), 0.2)], 'above')
+    masks = render_shape_masks(scene, 64)
+    assert masks.dtype == np.float32 and masks.shape == (2, 64, 64)
+    assert masks[0, 19, 16] == 1 and masks[1, 19, 16] == 0  # the circle's centre
+    assert masks[1, 48, 45] == 1 and masks[0, 48, 45] == 0  # low in the triangle
+    # where the image has a shape's colour, that shape's mask is its coverage
+    img = render_scene(scene, 64).astype(np.float64)  # blue (0, 0, 1) and green (0, 0.5, 0) on red (1, 0, 0)
+    np.testing.assert_allclose(masks[0], img[..., 2], atol=1e-6)
+    np.testing.assert_allclose(masks[1], img[..., 1] / (128 / 255), atol=1e-6)
+    one = render_shape_masks(single('square', 'white', 'black'), 32)
+    assert one[0].sum() == pytest.approx((0.44 * 32) ** 2, rel=1e-3) and not one[1].any()
+    with pytest.raises(ValueError, match='scene has no layout; call realize_scene first'):
+        render_shape_masks(parse_caption('a red circle on a blue background'), 64)
+
+
+@pytest.mark.parametrize('prompt, words', [
+    ('a small blue circle above a small green triangle on a red background', (2, 3, 7, 8)),
+    ('Red Background With A Blue Circle Above A Green Triangle!', (4, 5, 8, 9)),
+    ('a blue circle above a green circle, red background', (1, 2, 5, 6)),
+])
+def test_shape_word_positions_find_each_shapes_colour_and_kind(tokenizer, prompt, words):
+    """Rows are the scene's shapes in order, columns their colour and kind;
+    a kind named twice is found once for each shape."""
+    kind = 'circle' if 'green circle' in prompt else 'triangle'
+    scene = Scene('red', [Shape('circle', 'blue'), Shape(kind, 'green')], 'above')
+    positions = shape_word_positions(tokenizer, prompt, scene)
+    assert positions.dtype == np.int64 and positions.tolist() == [list(words[:2]), list(words[2:])]
+    ids = tokenizer.encode(prompt)
+    assert [ids[p] for p in words] == [tokenizer.encode(' ' + w)[0] for w in ('blue', 'circle', 'green', kind)]
+    one = shape_word_positions(tokenizer, 'on the left, a big Purple Square.', single('square', 'purple', 'red'))
+    assert one.tolist() == [[6, 7], [-1, -1]]
+    with pytest.raises(ValueError, match=r"'green' of shape 2 is not in the prompt 'a blue circle above a "
+                                         r"circle' after the words before it"):
+        shape_word_positions(tokenizer, 'a blue circle above a circle', scene)
+
+
+def test_grounding_items_hold_the_shape_masks_and_word_positions(tokenizer):
+    data = ShapesDataset('train', seed=5, grounding=True, two_shape_prob=0.5)
+    plain = ShapesDataset('train', seed=5, two_shape_prob=0.5)
+    for i in range(6):
+        item = data[i]
+        scene, prompt = data.get_scene(i)
+        assert item['grounding_masks'].dtype == torch.float32 and item['grounding_masks'].shape == (2, 64, 64)
+        np.testing.assert_array_equal(item['grounding_masks'].numpy(), render_shape_masks(scene, 64))
+        assert item['grounding_tokens'].dtype == torch.int64
+        assert item['grounding_tokens'].tolist() == shape_word_positions(tokenizer, prompt, scene).tolist()
+        assert torch.equal(item['img'], plain[i]['img']) and item['prompt'] == plain[i]['prompt']
+    assert {len(data.get_scene(i)[0].shapes) for i in range(6)} == {1, 2}
+    crops = ShapesDataset('train', seed=5, resolution=256, low_res=64, crop=128, grounding=True)
+    whole = ShapesDataset('train', seed=5, resolution=256, grounding=True)[1]['grounding_masks']
+    top, left = crops[1]['crop_yx']
+    assert torch.equal(crops[1]['grounding_masks'], whole[:, top:top + 128, left:left + 128])
+    batch = default_collate([data[0], data[1]])
+    assert batch['grounding_masks'].shape == (2, 2, 64, 64) and batch['grounding_tokens'].shape == (2, 2, 2)
 
 
 @pytest.mark.parametrize('kwargs, message', [

@@ -166,12 +166,8 @@ def shape_pixels(scene, resolution: int):
     two shapes covers by more than 60% and the other does not."""
     import numpy as np
 
-    from projects.glide.datasets.shapes import shape_coverage
-    covered = np.zeros((2, resolution, resolution))
-    for plane, shape in zip(covered, scene.shapes):
-        rows, cols, coverage = shape_coverage(shape, resolution)
-        plane[rows, cols] = coverage
-    covered = covered > 0.6
+    from projects.glide.datasets.shapes import render_shape_masks
+    covered = render_shape_masks(scene, resolution) > 0.6
     return np.stack([covered[0] & ~covered[1], covered[1] & ~covered[0]])
 
 
@@ -199,24 +195,13 @@ def attention_by_level(unet, x_t, t: int, tokens, mask) -> dict:
     averaged over heads and the level's blocks."""
     import torch
 
-    from projects.glide.models.unet import TextAttentionBlock
-    sums, counts = {}, {}
-
-    def record(block, args, out):
-        side = args[0].shape[-1]
-        weights = block.attention_weights(*args).mean(1).transpose(1, 2)
-        sums[side] = sums.get(side, 0) + weights
-        counts[side] = counts.get(side, 0) + 1
-
-    hooks = [m.register_forward_hook(record) for m in unet.modules()
-             if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
-    try:
-        with torch.no_grad():
-            unet(x_t, torch.full((len(x_t), ), t), tokens, mask)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {side: total / counts[side] for side, total in sums.items()}
+    from projects.glide.models.grounding import recorded_text_attention
+    with torch.no_grad(), recorded_text_attention(unet) as records:
+        unet(x_t, torch.full((len(x_t), ), t), tokens, mask)
+    by_side = {}
+    for side, weights in records:
+        by_side.setdefault(side, []).append(weights.mean(1).transpose(1, 2))
+    return {side: torch.stack(levels).mean(0) for side, levels in by_side.items()}
 
 
 #: The columns of :func:`attention_on_words`: the words of :data:`WORDS`, all

@@ -36,6 +36,8 @@ import torch
 from mmagic.registry import DATASETS
 from torch.utils.data import Dataset
 
+from ..models.tokenizer import GlideTokenizer
+
 PALETTE: Dict[str, Tuple[int, int, int]] = {
     'red': (255, 0, 0),
     'green': (0, 128, 0),
@@ -383,6 +385,19 @@ def render_kind_mask(scene: Scene, resolution: int) -> np.ndarray:
     return mask
 
 
+def render_shape_masks(scene: Scene, resolution: int) -> np.ndarray:
+    """float32 (2, R, R) in [0, 1]: the anti-aliased coverage of
+    ``scene.shapes[0]`` and ``scene.shapes[1]`` (zeros for a scene with one
+    shape)."""
+    _check_concrete(scene)
+    res = int(resolution)
+    masks = np.zeros((2, res, res), np.float32)
+    for plane, s in zip(masks, scene.shapes):
+        rows, cols, coverage = shape_coverage(s, res)
+        plane[rows, cols] = coverage
+    return masks
+
+
 # --------------------------------------------------------------- captions --
 
 _SIZE_WORDS = {'small': ('small', 'little'), 'large': ('large', 'big')}
@@ -603,6 +618,33 @@ def scene_from_caption(text: str, rng: np.random.Generator) -> Scene:
 # ---------------------------------------------------------------- dataset --
 
 
+def shape_word_positions(tokenizer, prompt: str, scene: Scene) -> np.ndarray:
+    """int64 (2, 2): the positions in ``tokenizer.encode(prompt)`` of the
+    colour word and the kind word of ``scene.shapes[0]`` (row 0) and
+    ``shapes[1]`` (row 1; -1 for a scene with one shape), ``prompt`` being a
+    :func:`caption` of ``scene``. Captions name the shapes in order and no
+    shape has the background's colour, so each word is the first token of
+    its kind after the one before.
+
+    Raises:
+        ValueError: a word is not in the prompt.
+    """
+    ids = tokenizer.encode(prompt)
+    positions = np.full((2, 2), -1, np.int64)
+    start = 0
+    for row, s in enumerate(scene.shapes):
+        for col, word in enumerate((s.color, s.kind)):
+            (token, ) = tokenizer.encode(' ' + word)
+            try:
+                start = ids.index(token, start)
+            except ValueError:
+                raise ValueError(f'{word!r} of shape {row + 1} is not in the prompt {prompt!r} '
+                                 'after the words before it') from None
+            positions[row, col] = start
+            start += 1
+    return positions
+
+
 def _item_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS[split], index])
 
@@ -631,6 +673,11 @@ class ShapesDataset(Dataset):
         kind_mask: if True, items also hold ``kind_mask``, the scene's
             :func:`render_kind_mask` at ``resolution`` (for ``Glide``'s
             ``train_cfg.kind_weight``).
+        grounding: if True, items also hold ``grounding_masks``, the
+            scene's :func:`render_shape_masks` at ``resolution``, and
+            ``grounding_tokens``, the :func:`shape_word_positions` of the
+            prompt under the default ``GlideTokenizer`` (for ``Glide``'s
+            ``train_cfg.grounding_weight``).
         crop: if set (needs ``low_res``), return a random ``crop`` x
             ``crop`` window of ``img`` and the window of ``low_res`` that
             covers the same area (side ``crop * r / R``), aligned to the
@@ -645,7 +692,9 @@ class ShapesDataset(Dataset):
     ``index`` int; ``held_out`` bool; ``scene`` the fixed-schema dict of
     :meth:`Scene.to_dict`; with ``crop`` also ``crop_yx`` (top, left) of the
     window in ``img`` pixels; with ``kind_mask`` also ``kind_mask`` float32
-    (1, R, R) in [0, 1] (cropped like ``img``).
+    (1, R, R) in [0, 1] (cropped like ``img``); with ``grounding`` also
+    ``grounding_masks`` float32 (2, R, R) in [0, 1] (cropped like ``img``) and
+    ``grounding_tokens`` int64 (2, 2).
     """
     ENDLESS_LENGTH = 10**9
     metainfo = dict(
@@ -660,6 +709,7 @@ class ShapesDataset(Dataset):
                  low_res: Optional[int] = None,
                  two_shape_prob: float = 0.4,
                  kind_mask: bool = False,
+                 grounding: bool = False,
                  crop: Optional[int] = None):
         if split not in SPLITS:
             raise ValueError(f'split must be one of {tuple(SPLITS)}, got '
@@ -682,6 +732,7 @@ class ShapesDataset(Dataset):
         self.low_res = low_res
         self.two_shape_prob = two_shape_prob
         self.kind_mask = kind_mask
+        self.tokenizer = GlideTokenizer() if grounding else None
 
     def __len__(self) -> int:
         return self.ENDLESS_LENGTH if self.size is None else self.size
@@ -713,6 +764,9 @@ class ShapesDataset(Dataset):
             item['low_res'] = _to_tensor(render_scene(scene, self.low_res))
         if self.kind_mask:
             item['kind_mask'] = torch.from_numpy(render_kind_mask(scene, self.resolution)[None])
+        if self.tokenizer is not None:
+            item['grounding_masks'] = torch.from_numpy(render_shape_masks(scene, self.resolution))
+            item['grounding_tokens'] = torch.from_numpy(shape_word_positions(self.tokenizer, prompt, scene))
         if self.crop is not None:
             self._crop(item, index)
         return item
@@ -722,7 +776,7 @@ class ShapesDataset(Dataset):
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index, 1])
         cells = (self.resolution - self.crop) // factor + 1
         top, left = (int(v) * factor for v in rng.integers(0, cells, size=2))
-        for key in ('img', 'kind_mask'):
+        for key in ('img', 'kind_mask', 'grounding_masks'):
             if key in item:
                 item[key] = item[key][:, top:top + self.crop, left:left + self.crop].contiguous()
         lt, ll, lc = top // factor, left // factor, self.crop // factor

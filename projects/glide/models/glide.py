@@ -8,6 +8,7 @@ low-resolution sample quantised to 8 bits and the start noise scaled by
 ``upsample_temp``. Inpainting replaces the known region of every predicted x0
 with the source image (the reference's ``denoised_fn``).
 """
+import contextlib
 import copy
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -21,6 +22,7 @@ from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 
 from ..checkpoint import check_state_dict
 from .diffusion import GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler
+from .grounding import recorded_text_attention, token_grounding_loss
 from .tokenizer import GlideTokenizer
 from .unet import InpaintText2ImUNet, SuperResInpaintText2ImUNet
 
@@ -74,7 +76,9 @@ class Glide(BaseModel):
             ``coarse_noise`` and ``coarse_noise_grid`` (see
             :meth:`train_noise`; default 0, none) and
             ``foreground_weight`` and ``kind_weight`` (see
-            :meth:`pixel_weights`; default 0, every pixel alike).
+            :meth:`pixel_weights`; default 0, every pixel alike) and
+            ``grounding_weight`` and ``grounding_sides`` (see
+            :meth:`grounding_loss`; default 0, none).
         test_cfg (dict | None): default keyword arguments of :meth:`infer` for
             ``val_step``/``test_step`` (``guidance_scale``, ``num_inference_steps``...).
         data_preprocessor (dict | None): defaults to mmengine's
@@ -109,12 +113,13 @@ class Glide(BaseModel):
         self.train_cfg = {**dict(stage='base', caption_dropout=0.2, high_noise_prob=0.,
                                  high_noise_from=900, max_mse_weight=None, offset_noise=0.,
                                  coarse_noise=0., coarse_noise_grid=4, foreground_weight=0.,
-                                 kind_weight=0.),
+                                 kind_weight=0., grounding_weight=0., grounding_sides=None),
                           **(train_cfg or {})}
         if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
             raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
                              f"{self.train_cfg['high_noise_prob']}")
-        for key in ('offset_noise', 'coarse_noise', 'foreground_weight', 'kind_weight'):
+        for key in ('offset_noise', 'coarse_noise', 'foreground_weight', 'kind_weight',
+                    'grounding_weight'):
             if not self.train_cfg[key] >= 0:
                 raise ValueError(f'train_cfg.{key} must be >= 0, got {self.train_cfg[key]}')
         grid = self.train_cfg['coarse_noise_grid']
@@ -469,7 +474,8 @@ class Glide(BaseModel):
     def loss(self, batch: dict) -> Dict[str, torch.Tensor]:
         """GLIDE's hybrid training loss (eps MSE + variational bound for the
         learned variance) on uniformly drawn timesteps of the full process,
-        with the prompt dropped to '' with probability ``caption_dropout``."""
+        with the prompt dropped to '' with probability ``caption_dropout``;
+        plus ``loss_grounding`` when ``train_cfg.grounding_weight`` > 0."""
         unet, scheduler = self._stage(self.train_cfg['stage'])
         diffusion = scheduler.train_diffusion
         x0 = batch['img'].to(self.device, torch.float32)
@@ -484,11 +490,44 @@ class Glide(BaseModel):
         cond = {}
         if unet is self.unet_up:
             cond['low_res'] = quantize_8bit(batch['low_res'].to(self.device, torch.float32))
-        out = unet(x_t, t, tokens, mask, **cond)
+        grounding = self.train_cfg['grounding_weight']
+        with (recorded_text_attention(unet, self.train_cfg['grounding_sides']) if grounding
+              else contextlib.nullcontext()) as attention:
+            out = unet(x_t, t, tokens, mask, **cond)
         losses = diffusion.training_losses(out.float(), x0, x_t, t, noise,
                                            pixel_weights=self.pixel_weights(x0, batch.get('kind_mask')))
         mse = losses['mse'] * self.mse_weights(diffusion.inverse_snr(t, b).to(self.device))
-        return dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
+        result = dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
+        if grounding:
+            result['loss_grounding'] = grounding * self.grounding_loss(attention, batch, ~drop)
+        return result
+
+    def grounding_loss(self, attention: List[tuple], batch: dict, keep: torch.Tensor) -> torch.Tensor:
+        """The mean :func:`~.grounding.token_grounding_loss` of the words
+        ``batch['grounding_tokens']`` ((B, S, W) text positions, -1 for none)
+        on their objects' coverage ``batch['grounding_masks']`` (B, S, R, R)
+        (e.g. from ``ShapesDataset(grounding=True)``: the colour and kind word
+        of each shape and its coverage), over the rows ``keep`` (B,) bool (the
+        prompts not dropped), the words and the ``attention`` recorded by
+        :func:`~.grounding.recorded_text_attention` (every text attention
+        block alike, on feature maps of the sides ``train_cfg.grounding_sides``;
+        None: all). Not in GLIDE: see the ``grounding`` module for why.
+        """
+        missing = [k for k in ('grounding_tokens', 'grounding_masks') if k not in batch]
+        if missing:
+            raise ValueError(f"train_cfg.grounding_weight > 0 needs {' and '.join(map(repr, missing))} in "
+                             'the batch, e.g. from ShapesDataset(grounding=True)')
+        positions = batch['grounding_tokens'].to(self.device)
+        masks = batch['grounding_masks'].to(self.device)
+        if not attention:
+            raise ValueError('train_cfg.grounding_weight > 0 needs text attention blocks; the UNet has '
+                             f"none on feature maps of the sides {self.train_cfg['grounding_sides']}")
+        total = 0.
+        for _, weights in attention:
+            loss, valid = token_grounding_loss(weights, positions, masks)
+            valid = valid & keep.to(valid.device)[:, None, None]
+            total = total + (loss * valid).sum() / valid.sum().clamp(min=1)
+        return total / len(attention)
 
     def train_noise(self, x0: torch.Tensor) -> torch.Tensor:
         """The training noise for images ``x0`` (B, C, H, W): white noise,
