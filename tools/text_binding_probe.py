@@ -102,13 +102,11 @@ def binding_captions(seed: int = 0) -> List[Dict[str, str]]:
 
 
 def word_positions(tokenizer, caption: str) -> Dict[str, int]:
-    """The token index of the last BPE token of each of ``c1, k1, c2, k2``
-    in a :func:`two_shape_caption` (found by encoding its prefixes)."""
-    words = caption.split(' ')
-    targets = {'c1': 1, 'k1': 2}
-    second = words.index('a', 3)  # the article of the second shape
-    targets.update(c2=second + 1, k2=second + 2)
-    return {name: len(tokenizer.encode(' '.join(words[:i + 1]))) - 1 for name, i in targets.items()}
+    """The token index of each of ``c1, k1, c2, k2`` in a two-shape caption:
+    ``shape_word_positions`` of the caption's parsed scene."""
+    from projects.glide.datasets.shapes import parse_caption, shape_word_positions
+    (c1, k1), (c2, k2) = shape_word_positions(tokenizer, caption, parse_caption(caption)).tolist()
+    return dict(c1=c1, k1=k1, c2=c2, k2=k2)
 
 
 def linear_probe_accuracy(features, labels: Sequence[int], num_classes: int,
