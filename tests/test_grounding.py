@@ -33,11 +33,32 @@ def test_grounding_loss_is_the_share_of_each_words_attention_off_its_object():
     torch.testing.assert_close(loss[0, 0, 0], torch.tensor(0.75 ** 2))
 
 
+def test_grounding_loss_takes_a_region_for_each_word():
+    """Masks (B, S, W, R, R) ground each word of an object on its own region;
+    one region repeated for every word is the same as (B, S, R, R)."""
+    gen = torch.Generator().manual_seed(0)
+    attention = torch.rand(2, 2, 16, 5 + 16, generator=gen).softmax(-1)
+    positions = torch.tensor([[[0, 1], [2, 3]], [[4, 0], [-1, -1]]])
+    masks = torch.rand(2, 2, 8, 8, generator=gen)
+    shared, valid = token_grounding_loss(attention, positions, masks)
+    per_word, per_word_valid = token_grounding_loss(attention, positions, masks[:, :, None].expand(2, 2, 2, 8, 8))
+    torch.testing.assert_close(per_word, shared)
+    assert torch.equal(per_word_valid, valid) and valid.tolist() == [[[True] * 2] * 2, [[True] * 2, [False] * 2]]
+    # the second word of each object on the whole image: its attention is all inside, nothing to pay
+    regions = torch.stack([masks, torch.ones_like(masks)], 2)
+    loss, _ = token_grounding_loss(attention, positions, regions)
+    torch.testing.assert_close(loss[:, :, 0], shared[:, :, 0])
+    torch.testing.assert_close(loss[:, :, 1], torch.zeros(2, 2))
+    assert (shared[:, :, 1][valid[:, :, 1]] > 0).all()
+
+
 @pytest.mark.parametrize('shape, positions, masks, message', [
     ((1, 1, 5, 8), [[[0]]], (1, 1, 4, 4), 'attention must be over a square feature map, got 5 pixels'),
     ((1, 1, 4, 7), [[[0]], [[0]]], (1, 1, 4, 4), r'must match the attention\'s B=1 and each other; '
                                                  r'got \(2, 1, 1\) and \(1, 1, 4, 4\)'),
     ((1, 1, 4, 7), [[[0]]], (1, 2, 4, 4), r'got \(1, 1, 1\) and \(1, 2, 4, 4\)'),
+    ((1, 1, 4, 7), [[[0, 1]]], (1, 1, 3, 4, 4), r'or \(B, S, W, R, R\) must match .* got \(1, 1, 2\) and '
+                                                 r'\(1, 1, 3, 4, 4\)'),
     ((1, 1, 4, 7), [[[3]]], (1, 1, 4, 4), 'word positions must be < the 3 text positions, got 3'),
 ])
 def test_grounding_loss_errors(shape, positions, masks, message):

@@ -12,7 +12,7 @@ from projects.glide.datasets.shapes import (COLORS, HELD_OUT_PAIRS, KINDS,
                                             ShapesDataset, caption,
                                             is_held_out, make_prompt_set,
                                             parse_caption, render_kind_mask,
-                                            render_scene, render_shape_masks,
+                                            render_scene, render_shape_boxes, render_shape_masks,
                                             sample_scene, scene_from_caption,
                                             shape_word_positions, write_prompt_file)
 
@@ -163,6 +163,25 @@ def test_shape_masks_cover_each_shape_and_nothing_else():
         render_shape_masks(parse_caption('a red circle on a blue background'), 64)
 
 
+def test_shape_boxes_hold_every_pixel_that_a_kind_decides():
+    scene = Scene('red', [Shape('circle', 'blue', 'small', None, (0.25, 0.3), 0.2),
+                          Shape('triangle', 'green', 'small', None, (0.7, 0.7), 0.2)], 'above')
+    boxes = render_shape_boxes(scene, 64)
+    assert boxes.dtype == np.float32 and boxes.shape == (2, 64, 64)
+    # each box is the square of the shape's centre and extent: 0.15..0.35 x 0.2..0.4 for the circle
+    assert boxes[0, 13:25, 10:22].min() == 1 and boxes[0].sum() == pytest.approx((0.2 * 64) ** 2, rel=1e-3)
+    assert boxes[0, 13, 10] == 1 and render_shape_masks(scene, 64)[0, 13, 10] == 0  # a corner off the circle
+    assert not boxes[1, :32].any() and not boxes[0, 32:].any()  # each box holds its own shape only
+    # the box holds the shape and every pixel whose colour depends on its kind
+    for i, s in enumerate(scene.shapes):
+        one = Scene('red', [s])
+        assert (boxes[i] >= render_shape_masks(scene, 64)[i] - 1e-6).all()
+        assert (boxes[i] >= render_kind_mask(one, 64) - 1e-6).all()
+    assert not render_shape_boxes(single('circle', 'white', 'black'), 32)[1].any()
+    with pytest.raises(ValueError, match='scene has no layout; call realize_scene first'):
+        render_shape_boxes(parse_caption('a red circle on a blue background'), 64)
+
+
 @pytest.mark.parametrize('prompt, words', [
     ('a small blue circle above a small green triangle on a red background', (2, 3, 7, 8)),
     ('Red Background With A Blue Circle Above A Green Triangle!', (4, 5, 8, 9)),
@@ -202,6 +221,28 @@ def test_grounding_items_hold_the_shape_masks_and_word_positions(tokenizer):
     assert torch.equal(crops[1]['grounding_masks'], whole[:, top:top + 128, left:left + 128])
     batch = default_collate([data[0], data[1]])
     assert batch['grounding_masks'].shape == (2, 2, 64, 64) and batch['grounding_tokens'].shape == (2, 2, 2)
+
+
+def test_grounding_on_boxes_gives_the_kind_word_its_shapes_box():
+    data = ShapesDataset('train', seed=5, grounding=True, grounding_kind_region='box', two_shape_prob=0.5)
+    shape_only = ShapesDataset('train', seed=5, grounding=True, two_shape_prob=0.5)
+    for i in range(4):
+        masks = data[i]['grounding_masks']
+        scene = data.get_scene(i)[0]
+        assert masks.dtype == torch.float32 and masks.shape == (2, 2, 64, 64)  # [shape, (colour, kind)]
+        assert torch.equal(masks[:, 0], shape_only[i]['grounding_masks'])
+        np.testing.assert_array_equal(masks[:, 1].numpy(), render_shape_boxes(scene, 64))
+        assert torch.equal(data[i]['grounding_tokens'], shape_only[i]['grounding_tokens'])
+    crops = ShapesDataset('train', seed=5, resolution=256, low_res=64, crop=128, grounding=True,
+                          grounding_kind_region='box')
+    whole = ShapesDataset('train', seed=5, resolution=256, grounding=True, grounding_kind_region='box')
+    top, left = crops[1]['crop_yx']
+    assert crops[1]['grounding_masks'].shape == (2, 2, 128, 128)
+    assert torch.equal(crops[1]['grounding_masks'], whole[1]['grounding_masks'][..., top:top + 128, left:left + 128])
+    with pytest.raises(ValueError, match="grounding_kind_region must be 'shape' or 'box', got 'boxes'"):
+        ShapesDataset(grounding=True, grounding_kind_region='boxes')
+    with pytest.raises(ValueError, match="grounding_kind_region='box' needs grounding=True"):
+        ShapesDataset(grounding_kind_region='box')
 
 
 @pytest.mark.parametrize('kwargs, message', [

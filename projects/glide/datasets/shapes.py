@@ -398,6 +398,17 @@ def render_shape_masks(scene: Scene, resolution: int) -> np.ndarray:
     return masks
 
 
+def render_shape_boxes(scene: Scene, resolution: int) -> np.ndarray:
+    """float32 (2, R, R) in [0, 1]: the anti-aliased coverage of the
+    bounding box (the square of the shape's centre and extent) of
+    ``scene.shapes[0]`` and ``scene.shapes[1]`` (zeros for a scene with one
+    shape). Every kind fits in the box, so it holds every pixel whose colour
+    depends on the shape's kind: the shape and :func:`render_kind_mask`'s
+    support."""
+    boxes = replace(scene, shapes=[replace(s, kind='square') for s in scene.shapes])
+    return render_shape_masks(boxes, resolution)
+
+
 # --------------------------------------------------------------- captions --
 
 _SIZE_WORDS = {'small': ('small', 'little'), 'large': ('large', 'big')}
@@ -678,6 +689,14 @@ class ShapesDataset(Dataset):
             ``grounding_tokens``, the :func:`shape_word_positions` of the
             prompt under the default ``GlideTokenizer`` (for ``Glide``'s
             ``train_cfg.grounding_weight``).
+        grounding_kind_region: where the kind word of a shape is grounded:
+            ``'shape'`` (default), on the shape's coverage like its colour
+            word; ``'box'``, on its bounding box (:func:`render_shape_boxes`),
+            the pixels where the kind decides the colour, so
+            ``grounding_masks`` is one mask per word, (2, 2, R, R): [shape,
+            (colour word on the coverage, kind word on the box)]. A kind
+            word kept off its box's corners cannot tell them whether to stay
+            background (docs/default_model.md, "Why the class lags").
         crop: if set (needs ``low_res``), return a random ``crop`` x
             ``crop`` window of ``img`` and the window of ``low_res`` that
             covers the same area (side ``crop * r / R``), aligned to the
@@ -693,7 +712,8 @@ class ShapesDataset(Dataset):
     :meth:`Scene.to_dict`; with ``crop`` also ``crop_yx`` (top, left) of the
     window in ``img`` pixels; with ``kind_mask`` also ``kind_mask`` float32
     (1, R, R) in [0, 1] (cropped like ``img``); with ``grounding`` also
-    ``grounding_masks`` float32 (2, R, R) in [0, 1] (cropped like ``img``) and
+    ``grounding_masks`` float32 (2, R, R) in [0, 1] ((2, 2, R, R) with
+    ``grounding_kind_region='box'``; cropped like ``img``) and
     ``grounding_tokens`` int64 (2, 2).
     """
     ENDLESS_LENGTH = 10**9
@@ -710,6 +730,7 @@ class ShapesDataset(Dataset):
                  two_shape_prob: float = 0.4,
                  kind_mask: bool = False,
                  grounding: bool = False,
+                 grounding_kind_region: str = 'shape',
                  crop: Optional[int] = None):
         if split not in SPLITS:
             raise ValueError(f'split must be one of {tuple(SPLITS)}, got '
@@ -724,6 +745,11 @@ class ShapesDataset(Dataset):
             if not 0 < crop <= resolution or crop % factor:
                 raise ValueError(f'crop must be a multiple of {factor} (resolution / low_res) '
                                  f'in [1, {resolution}], got {crop}')
+        if grounding_kind_region not in ('shape', 'box'):
+            raise ValueError(f"grounding_kind_region must be 'shape' or 'box', got {grounding_kind_region!r}")
+        if grounding_kind_region != 'shape' and not grounding:
+            raise ValueError(f'grounding_kind_region={grounding_kind_region!r} needs grounding=True')
+        self.grounding_kind_region = grounding_kind_region
         self.crop = crop
         self.split = split
         self.size = size
@@ -765,7 +791,10 @@ class ShapesDataset(Dataset):
         if self.kind_mask:
             item['kind_mask'] = torch.from_numpy(render_kind_mask(scene, self.resolution)[None])
         if self.tokenizer is not None:
-            item['grounding_masks'] = torch.from_numpy(render_shape_masks(scene, self.resolution))
+            masks = render_shape_masks(scene, self.resolution)
+            if self.grounding_kind_region == 'box':
+                masks = np.stack([masks, render_shape_boxes(scene, self.resolution)], axis=1)
+            item['grounding_masks'] = torch.from_numpy(masks)
             item['grounding_tokens'] = torch.from_numpy(shape_word_positions(self.tokenizer, prompt, scene))
         if self.crop is not None:
             self._crop(item, index)
@@ -778,7 +807,7 @@ class ShapesDataset(Dataset):
         top, left = (int(v) * factor for v in rng.integers(0, cells, size=2))
         for key in ('img', 'kind_mask', 'grounding_masks'):
             if key in item:
-                item[key] = item[key][:, top:top + self.crop, left:left + self.crop].contiguous()
+                item[key] = item[key][..., top:top + self.crop, left:left + self.crop].contiguous()
         lt, ll, lc = top // factor, left // factor, self.crop // factor
         item['low_res'] = item['low_res'][:, lt:lt + lc, ll:ll + lc].contiguous()
         item['crop_yx'] = (top, left)

@@ -505,9 +505,11 @@ class Glide(BaseModel):
     def grounding_loss(self, attention: List[tuple], batch: dict, keep: torch.Tensor) -> torch.Tensor:
         """The mean :func:`~.grounding.token_grounding_loss` of the words
         ``batch['grounding_tokens']`` ((B, S, W) text positions, -1 for none)
-        on their objects' coverage ``batch['grounding_masks']`` (B, S, R, R)
-        (e.g. from ``ShapesDataset(grounding=True)``: the colour and kind word
-        of each shape and its coverage), over the rows ``keep`` (B,) bool (the
+        on their objects' coverage ``batch['grounding_masks']`` (B, S, R, R),
+        or on a region per word (B, S, W, R, R) (e.g. from
+        ``ShapesDataset(grounding=True)``: the colour and kind word of each
+        shape and its coverage; with ``grounding_kind_region='box'`` the kind
+        word on the shape's bounding box), over the rows ``keep`` (B,) bool (the
         prompts not dropped), the words and the ``attention`` recorded by
         :func:`~.grounding.recorded_text_attention` (every text attention
         block alike, on feature maps of the sides ``train_cfg.grounding_sides``;

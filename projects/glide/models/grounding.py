@@ -66,22 +66,29 @@ def token_grounding_loss(attention: torch.Tensor, positions: torch.Tensor,
         positions (Tensor): (B, S, W) int, the text positions of W words of
             each of S objects; -1 for none.
         masks (Tensor): (B, S, R, R) in [0, 1], each object's coverage of the
-            image; averaged down to side x side.
+            image, or (B, S, W, R, R), a region for each word of each object
+            (e.g. a shape's colour word on the shape, its kind word on the
+            shape's box); averaged down to side x side.
 
     Returns:
         tuple: the loss (B, S, W), ``(1 - inside)^2`` where ``inside`` is the
         share of the word's attention (summed over the pixels, averaged over
-        the heads) that falls on its object's coverage; and ``valid`` (B, S,
-        W) bool, the words that have a position (the loss is 0 elsewhere).
+        the heads) that falls on its object's coverage (or its own region);
+        and ``valid`` (B, S, W) bool, the words that have a position (the
+        loss is 0 elsewhere).
     """
     b, _, pixels, keys = attention.shape
     s, w = positions.shape[1:]
     side = int(round(pixels ** 0.5))
     if side * side != pixels:
         raise ValueError(f'attention must be over a square feature map, got {pixels} pixels')
-    if positions.shape[0] != b or masks.shape[:2] != (b, s):
-        raise ValueError(f'positions (B, S, W) and masks (B, S, R, R) must match the attention\'s B={b} '
-                         f'and each other; got {tuple(positions.shape)} and {tuple(masks.shape)}')
+    given = tuple(masks.shape)
+    if masks.dim() == 4:
+        masks = masks.unsqueeze(2)  # one region for all the words of an object
+    if positions.shape[0] != b or masks.dim() != 5 or masks.shape[:2] != (b, s) or masks.shape[2] not in (1, w):
+        raise ValueError(f'positions (B, S, W) and masks (B, S, R, R) or (B, S, W, R, R) must match the '
+                         f'attention\'s B={b} and each other; got {tuple(positions.shape)} and '
+                         f'{given}')
     if int(positions.max()) >= keys - pixels:
         raise ValueError(f'word positions must be < the {keys - pixels} text positions, '
                          f'got {int(positions.max())}')
@@ -89,7 +96,7 @@ def token_grounding_loss(attention: torch.Tensor, positions: torch.Tensor,
     looks = attention.mean(1)  # (B, pixels, K)
     index = positions.clamp(min=0).reshape(b, 1, s * w).expand(b, pixels, s * w)
     on_word = looks.gather(2, index).transpose(1, 2).reshape(b, s, w, pixels)
-    coverage = F.adaptive_avg_pool2d(masks.to(looks), side).reshape(b, s, 1, pixels)
+    coverage = F.adaptive_avg_pool2d(masks.flatten(0, 2).to(looks), side).reshape(b, s, -1, pixels)
     inside = (on_word * coverage).sum(-1) / on_word.sum(-1).clamp(min=1e-12)
     loss = torch.where(valid, (1 - inside) ** 2, torch.zeros_like(inside))
     return loss, valid
