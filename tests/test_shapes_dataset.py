@@ -166,17 +166,16 @@ def test_shape_masks_cover_each_shape_and_nothing_else():
 def test_shape_boxes_hold_every_pixel_that_a_kind_decides():
     scene = Scene('red', [Shape('circle', 'blue', 'small', None, (0.25, 0.3), 0.2),
                           Shape('triangle', 'green', 'small', None, (0.7, 0.7), 0.2)], 'above')
-    boxes = render_shape_boxes(scene, 64)
+    boxes, masks = render_shape_boxes(scene, 64), render_shape_masks(scene, 64)
     assert boxes.dtype == np.float32 and boxes.shape == (2, 64, 64)
     # each box is the square of the shape's centre and extent: 0.15..0.35 x 0.2..0.4 for the circle
     assert boxes[0, 13:25, 10:22].min() == 1 and boxes[0].sum() == pytest.approx((0.2 * 64) ** 2, rel=1e-3)
-    assert boxes[0, 13, 10] == 1 and render_shape_masks(scene, 64)[0, 13, 10] == 0  # a corner off the circle
+    assert boxes[0, 13, 10] == 1 and masks[0, 13, 10] == 0  # a corner off the circle
     assert not boxes[1, :32].any() and not boxes[0, 32:].any()  # each box holds its own shape only
     # the box holds the shape and every pixel whose colour depends on its kind
     for i, s in enumerate(scene.shapes):
-        one = Scene('red', [s])
-        assert (boxes[i] >= render_shape_masks(scene, 64)[i] - 1e-6).all()
-        assert (boxes[i] >= render_kind_mask(one, 64) - 1e-6).all()
+        assert (boxes[i] >= masks[i] - 1e-6).all()
+        assert (boxes[i] >= render_kind_mask(Scene('red', [s]), 64) - 1e-6).all()
     assert not render_shape_boxes(single('circle', 'white', 'black'), 32)[1].any()
     with pytest.raises(ValueError, match='scene has no layout; call realize_scene first'):
         render_shape_boxes(parse_caption('a red circle on a blue background'), 64)

@@ -12,7 +12,8 @@
 # the grounding stage, and the kinds broke nearly as much (shape class
 # 63.7 -> 39.5, one shape 94 -> 64%), so the mask was not the whole reason
 # (docs/default_model.md, "Why the class lags").
-#   python tools/train.py projects/glide/configs/glide_tiny_shapes-64x64_grounding-box.py --amp \
+# (run in fp32, as here, on a CPU without AMX; add --amp elsewhere):
+#   python tools/train.py projects/glide/configs/glide_tiny_shapes-64x64_grounding-box.py \
 #       --work-dir work_dirs/grounding_box --init-from projects/glide/weights/glide_tiny_shapes-64x64.pth
 _base_ = ['./glide_tiny_shapes-64x64_grounding.py']
 
