@@ -139,6 +139,9 @@ def _assert_text_blocks_learn_three_times_faster(cfg, text_blocks):
     ('glide_tiny_shapes-64x64_grounding.py', {}, dict(grounding_weight=1., grounding_sides=(16, )),
      dict(grounding=True), 2),
     ('glide_tiny_shapes-64x64_grounding-box.py', {}, dict(grounding_weight=1., grounding_sides=(16, )),
+     dict(grounding=True, grounding_kind_region='box'), 2),
+    ('glide_tiny_shapes-64x64_grounding-late.py', {},
+     dict(grounding_weight=1., grounding_sides=(16, ), grounding_max_timestep=700),
      dict(grounding=True, grounding_kind_region='box'), 2)])
 def test_text_stages_change_only_the_text_side_and_teach_the_encoder_three_times_faster(
         name, unet_change, loss_change, data_change, text_blocks):

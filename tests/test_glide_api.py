@@ -230,6 +230,8 @@ def test_train_timesteps_uniform_or_focused_on_high_noise(base_model, monkeypatc
     (dict(foreground_weight=-1), r'foreground_weight must be >= 0, got -1'),
     (dict(kind_weight=-2), r'kind_weight must be >= 0, got -2'),
     (dict(grounding_weight=-0.5), r'grounding_weight must be >= 0, got -0.5'),
+    (dict(grounding_max_timestep=-1), r'grounding_max_timestep must be None or an int >= 0, got -1'),
+    (dict(grounding_max_timestep=700.), r'grounding_max_timestep must be None or an int >= 0, got 700.0'),
     (dict(coarse_noise=-0.2), r'coarse_noise must be >= 0, got -0.2'),
     (dict(coarse_noise_grid=0), r'coarse_noise_grid must be an int >= 1, got 0'),
     (dict(coarse_noise_grid=2.5), r'coarse_noise_grid must be an int >= 1, got 2.5'),
@@ -436,6 +438,42 @@ def test_loss_adds_the_grounding_loss_of_the_batchs_words(base_model, monkeypatc
     with pytest.raises(ValueError, match=r"train_cfg.grounding_weight > 0 needs 'grounding_masks' in the "
                                          r'batch, e.g. from ShapesDataset\(grounding=True\)'):
         base_model.loss(batch)
+
+
+def test_grounding_loss_counts_only_rows_up_to_its_max_timestep(base_model, monkeypatch):
+    """``grounding_max_timestep`` leaves the rows drawn at later timesteps
+    out of ``loss_grounding`` (and nothing else): the loss equals the mean
+    over the rows kept, and is 0 when none is."""
+    from projects.glide.models.grounding import recorded_text_attention
+    batch = _grounding_batch(base_model)
+    monkeypatch.setitem(base_model.train_cfg, 'grounding_weight', 1.)
+    monkeypatch.setitem(base_model.train_cfg, 'caption_dropout', 0.)
+    torch.manual_seed(5)
+    torch.rand(2)  # the caption dropout's draw
+    t = base_model.sample_train_timesteps(2, 1000)
+    tokens, mask = base_model.tokenizer(batch['prompt'])
+    diffusion = base_model.diffusion_scheduler.train_diffusion
+    x_t = diffusion.q_sample(batch['img'], t, base_model.train_noise(batch['img']))
+    with recorded_text_attention(base_model.unet) as records:
+        base_model.unet(x_t, t, tokens, mask)
+    early = int(t.argmin())
+    only_early = torch.zeros(2, dtype=torch.bool)
+    only_early[early] = True
+    expected = base_model.grounding_loss(records, batch, only_early)
+    both = base_model.grounding_loss(records, batch, torch.ones(2, dtype=torch.bool))
+    assert t.min() < t.max() and not torch.isclose(expected, both)
+
+    def loss_with(max_timestep):
+        monkeypatch.setitem(base_model.train_cfg, 'grounding_max_timestep', max_timestep)
+        torch.manual_seed(5)
+        return base_model.loss(batch)
+
+    torch.testing.assert_close(loss_with(None)['loss_grounding'], both)
+    torch.testing.assert_close(loss_with(int(t.max()))['loss_grounding'], both)
+    between = loss_with(int(t.min()))
+    torch.testing.assert_close(between['loss_grounding'], expected)
+    torch.testing.assert_close(between['loss_mse'], loss_with(None)['loss_mse'])
+    assert loss_with(int(t.min()) - 1)['loss_grounding'] == 0
 
 
 def _tiny_unet(**kwargs):

@@ -691,14 +691,16 @@ def test_text_binding_probe_captions_and_word_positions():
         assert [(s.color, s.kind) for s in scene.shapes] == [(row['c1'], row['k1']), (row['c2'], row['k2'])]
         assert scene.background == row['bg'] and row['k1'] != row['k2'] and row['c1'] != row['c2']
         tokens = tokenizer.encode(row['caption'])
-        for word, index in probe.word_positions(tokenizer, row['caption']).items():
+        positions = probe.word_positions(tokenizer, row['caption'])
+        assert positions.pop('pad') == len(tokens)
+        for word, index in positions.items():
             assert tokens[index] == tokenizer.encode(' ' + row[word])[-1]
     # a relation of several words moves the second shape's words along
     caption = probe.two_shape_caption('purple', 'circle', 'to the left of', 'white', 'square', 'red')
     assert caption == 'a purple circle to the left of a white square on a red background'
     assert probe.word_positions(tokenizer, caption) == dict(c1=1, k1=2, c2=len(tokenizer.encode(
         'a purple circle to the left of a white')) - 1, k2=len(tokenizer.encode(
-            'a purple circle to the left of a white square')) - 1)
+            'a purple circle to the left of a white square')) - 1, pad=len(tokenizer.encode(caption)))
 
 
 def test_text_binding_probe_shape_pixels_keep_each_shape_to_itself():
@@ -715,9 +717,46 @@ def test_text_binding_probe_shape_pixels_keep_each_shape_to_itself():
     assert pixels[1][8, 9] and not pixels[1][8, 5]
 
 
+def test_text_binding_probe_routes_each_kind_word_by_its_colour_word():
+    """Inside ``kind_words_routed_by_colour`` a text attention block mixes
+    its values with the kind words' weights scaled by 2 x the pixel's share
+    of c1 / c2 attention (renormalised), on the routed rows only; outside
+    it, the block is as before."""
+    from projects.glide.models.unet import TextAttentionBlock
+    probe = load_tool('text_binding_probe')
+    torch.manual_seed(0)
+    block = TextAttentionBlock(32, num_head_channels=16, encoder_channels=8).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x, text = torch.randn(3, 32, 4, 4), torch.randn(3, 8, 6)
+    positions = torch.tensor([[[0, 1], [3, 4]], [[1, 2], [4, 5]]])  # rows 0 and 1: (colour, kind) per shape
+    with torch.no_grad():
+        plain = block(x, text)
+        weights = block.attention_weights(x, text)
+        _, _, v = block._queries_keys_values(x, text)
+        shares = []
+        for row, ((c1, k1), (c2, k2)) in enumerate(positions.tolist()):
+            on_c1, on_c2 = weights[row, :, :, c1].mean(0), weights[row, :, :, c2].mean(0)
+            share = on_c1 / (on_c1 + on_c2)
+            shares.append(share)
+            weights[row, :, :, k1] *= 2 * share
+            weights[row, :, :, k2] *= 2 - 2 * share
+        assert torch.cat(shares).min() < 0.4 and torch.cat(shares).max() > 0.5  # weight moves both ways
+        weights /= weights.sum(-1, keepdim=True)
+        expected = x + block.proj_out((weights @ v).transpose(2, 3).reshape(3, 32, -1)).reshape(3, 32, 4, 4)
+        with probe.kind_words_routed_by_colour(torch.nn.Sequential(block), positions):
+            routed = block(x, text)
+            no_text = block(x, None)
+        torch.testing.assert_close(routed, expected)
+        assert (routed[:2] - plain[:2]).abs().max() > 1e-3
+        torch.testing.assert_close(routed[2], plain[2])  # a row beyond the positions: not routed
+        torch.testing.assert_close(no_text, block(x, None))
+        torch.testing.assert_close(block(x, text), plain)  # the class's forward again
+
+
 def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
     r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, ckpts['base'], '--scenes', '4',
-             '--swaps', '2'], cwd=tmp_path)
+             '--swaps', '2', '--routed', '3'], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     lines = lines[next(i for i, line in enumerate(lines) if line.startswith('2016 captions')):]
@@ -729,7 +768,7 @@ def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
     assert all(0 <= a <= 100 for a in accuracy.values())
     # a random model's token states still say which word they hold
     assert accuracy['first colour token -> its colour (method check)'] > 90
-    assert [float(row[2]) for row in rows] == [12.5] * 5 + [33.3] * 4
+    assert [float(row[2]) for row in rows] == [12.5] * 5 + [33.3] * 6
     # where the shapes' pixels look: per timestep, level (32x32 then 16x16) and shape
     assert lines[split + 1] == "attention (% of a pixel's) from the pixels of each shape, 4 noised true renders"
     assert lines[split + 2] == ('| timestep | level | pixels of | c1 | k1 | c2 | k2 | padding | caption '
@@ -746,8 +785,16 @@ def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
     assert lines[split + 1:split + 4] == [
         'kind drawn for 2 one-shape captions with one text feature from the caption with the kind changed',
         '| feature from the changed caption | caption kind | swapped kind | other or none |', '|---|---|---|---|']
-    rows = [line.strip('| ').split(' | ') for line in lines[split + 4:]]
+    end = lines.index('', split + 1)
+    rows = [line.strip('| ').split(' | ') for line in lines[split + 4:end]]
     assert [row[0] for row in rows] == ['xf_proj', 'xf_out'] and all(sum(map(int, row[1:])) == 2 for row in rows)
+    assert lines[end + 1:end + 4] == [
+        "kinds drawn for 3 captions with two kinds, with the kind words' attention as trained and routed by the "
+        "colour words'", '| sampling | both right | swapped | one kind twice | other or none |',
+        '|---|---|---|---|---|']
+    rows = [line.strip('| ').split(' | ') for line in lines[end + 4:]]
+    assert [row[0] for row in rows] == ['as trained', 'kind words routed by colour']
+    assert all(sum(map(int, row[1:])) == 3 for row in rows)
     r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, 'none.pth'], cwd=tmp_path)
     assert r.returncode == 1 and 'error: file not found: none.pth' in r.stderr
 

@@ -2,7 +2,7 @@
 its text encoder, where its shapes' pixels look, and which text feature
 draws a shape's kind.
 
-    python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0] [--scenes 48] [--swaps 12]
+    python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0] [--scenes 48] [--swaps 12] [--routed 0]
 
 A caption with two shapes of different kinds, ``a C1 K1 REL a C2 K2 on a BG
 background``, draws the right picture only if the model can tell which kind
@@ -15,7 +15,9 @@ random), fits a linear softmax probe from one word's token state (its last
 BPE token) to an attribute, on 70% of the captions, and prints the accuracy
 on the other 30%. A probe that reads a word's own attribute (first colour ->
 its colour) checks the method: it should be near 100%. Chance is 12.5% for a
-colour and 33.3% for a kind. The three tables take about a minute and a
+colour and 33.3% for a kind. The last two probes read the first padding
+position, which takes in the whole caption: a kind there is a kind that any
+pixel can read, whichever shape it belongs to. The three tables take about a minute and a
 half on a CPU, against ~17 minutes for a 256-caption ``tools/test.py`` run,
 so they are a cheap first check of a change (docs/default_model.md, "Why the class lags").
 
@@ -37,8 +39,22 @@ pooled feature (``xf_proj``, added to the timestep embedding). For
 taken from the caption with the kind changed (circle -> square -> triangle
 -> circle), and counts which kind the judge finds. Skip it with
 ``--swaps 0``; it takes about half a minute.
+
+The fourth table (``--routed N``, off by default) asks whether reading the
+right kind word is enough for a shape to get its kind. For N captions with
+two shapes of different kinds (seen split) it samples twice (guidance 3, 25
+steps): as the model is, and with the kind words' attention routed by the
+colour words', in every text attention block, on the conditional rows: at
+each pixel, shape i's kind word gets 2 x the pixel's share of its attention
+to the two colour words that goes to shape i's colour word (so a pixel that
+reads c1 five times as much as c2, as the shapes' pixels do at 16x16, reads
+k1 1.67x and k2 0.33x as much as before), and the pixel's weights are
+renormalised. The judge counts both kinds right, swapped, one kind twice,
+other. About 2N seconds on a CPU.
 """
 import argparse
+import contextlib
+import functools
 import itertools
 import os.path as osp
 import sys
@@ -53,7 +69,8 @@ if REPO_ROOT not in sys.path:
 WORDS: Tuple[str, ...] = ('c1', 'k1', 'c2', 'k2')
 
 #: (name, word whose token state is read, attribute predicted), words of
-#: :data:`WORDS`.
+#: :data:`WORDS` or ``pad`` (the first padding position: its state is built
+#: from the whole caption, and every pixel can read it).
 PROBES: Tuple[Tuple[str, str, str], ...] = (
     ('first colour token -> its colour (method check)', 'c1', 'c1'),
     ('first kind token -> its colour', 'k1', 'c1'),
@@ -64,6 +81,8 @@ PROBES: Tuple[Tuple[str, str, str], ...] = (
     ('first colour token -> the other kind', 'c1', 'k2'),
     ('second colour token -> its kind', 'c2', 'k2'),
     ('second colour token -> the other kind', 'c2', 'k1'),
+    ('first padding token -> the first kind', 'pad', 'k1'),
+    ('first padding token -> the second kind', 'pad', 'k2'),
 )
 
 
@@ -75,6 +94,8 @@ def parse_args(argv=None):
     parser.add_argument('--scenes', type=int, default=48, help='two-shape scenes for the attention table')
     parser.add_argument('--swaps', type=int, default=12,
                         help='one-shape captions for the kind-source table (0: skip it)')
+    parser.add_argument('--routed', type=int, default=0,
+                        help='two-kind captions for the routed-attention table (0, the default: skip it)')
     return parser.parse_args(argv)
 
 
@@ -102,11 +123,12 @@ def binding_captions(seed: int = 0) -> List[Dict[str, str]]:
 
 
 def word_positions(tokenizer, caption: str) -> Dict[str, int]:
-    """The token index of each of ``c1, k1, c2, k2`` in a two-shape caption:
-    ``shape_word_positions`` of the caption's parsed scene."""
+    """The token index of each of ``c1, k1, c2, k2`` in a two-shape caption
+    (``shape_word_positions`` of the caption's parsed scene) and ``pad``, the
+    first padding position after it."""
     from projects.glide.datasets.shapes import parse_caption, shape_word_positions
     (c1, k1), (c2, k2) = shape_word_positions(tokenizer, caption, parse_caption(caption)).tolist()
-    return dict(c1=c1, k1=k1, c2=c2, k2=k2)
+    return dict(c1=c1, k1=k1, c2=c2, k2=k2, pad=len(tokenizer.encode(caption)))
 
 
 def linear_probe_accuracy(features, labels: Sequence[int], num_classes: int,
@@ -298,6 +320,79 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
     return counts
 
 
+@contextlib.contextmanager
+def kind_words_routed_by_colour(unet, positions):
+    """In the block, every text attention block of ``unet`` routes each
+    shape's kind word by the colour words (see the module docstring) on the
+    first B rows of its batch (the conditional half under guidance).
+
+    ``positions``: (B, 2, 2) int, the text positions of each shape's colour
+    word and kind word (``shape_word_positions``). Analysis only: the
+    weights are computed in float32 and mixed without a fused kernel.
+    """
+    import torch
+
+    from projects.glide.models.unet import TextAttentionBlock
+    c1, k1, c2, k2 = (positions[:, i, j] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    rows = torch.arange(len(positions))
+
+    def routed_forward(block, x, text_states):
+        if text_states is None:
+            return TextAttentionBlock.forward(block, x, text_states)
+        b, c, *spatial = x.shape
+        q, k, v = block._queries_keys_values(x, text_states)
+        weights = (q.float() @ k.float().transpose(2, 3) / q.shape[-1] ** 0.5).softmax(dim=-1)
+        routed = weights[:len(rows)]  # (B, heads, H*W, T + H*W), a view
+        on_c1 = routed[rows, :, :, c1].mean(1)  # (B, H*W), over heads
+        on_c2 = routed[rows, :, :, c2].mean(1)
+        share = (on_c1 / (on_c1 + on_c2).clamp(min=1e-12))[:, None]  # (B, 1, H*W)
+        routed[rows, :, :, k1] = routed[rows, :, :, k1] * (2 * share)
+        routed[rows, :, :, k2] = routed[rows, :, :, k2] * (2 - 2 * share)
+        weights = weights / weights.sum(-1, keepdim=True)
+        h = (weights @ v.float()).to(v.dtype)
+        return x + block.proj_out(h.transpose(2, 3).reshape(b, c, -1)).reshape(b, c, *spatial)
+
+    blocks = [m for m in unet.modules() if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
+    for block in blocks:
+        block.forward = functools.partial(routed_forward, block)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # back to the class's method
+
+
+#: The samplings of :func:`kind_routing` and what it counts.
+ROUTINGS: Tuple[str, ...] = ('as trained', 'kind words routed by colour')
+TWO_KIND_OUTCOMES: Tuple[str, ...] = ('both right', 'swapped', 'one kind twice', 'other or none')
+
+
+def kind_routing(model, count: int = 48, seed: int = 0) -> Dict[str, Dict[str, int]]:
+    """The routed-attention table (see the module docstring): ``{routing:
+    {outcome: images}}`` for :data:`ROUTINGS` and :data:`TWO_KIND_OUTCOMES`."""
+    import torch
+
+    from projects.glide.evaluation.shapes_accuracy import judge_image
+    scenes, captions = two_kind_scenes(count, seed)
+    positions = torch.tensor([[[p['c1'], p['k1']], [p['c2'], p['k2']]]
+                              for p in (word_positions(model.tokenizer, c) for c in captions)])
+    counts = {}
+    for routing in ROUTINGS:
+        with (kind_words_routed_by_colour(model.unet, positions) if routing != ROUTINGS[0]
+              else contextlib.nullcontext()):
+            samples = model.infer(prompt=list(captions), seed=seed, guidance_scale=3.,
+                                  num_inference_steps=25)['samples']
+        images = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        counts[routing] = dict.fromkeys(TWO_KIND_OUTCOMES, 0)
+        for image, scene, caption in zip(images, scenes, captions):
+            want = [s.kind for s in scene.shapes]
+            got = [m['kind'] if m else None for m in judge_image(image, caption)['matched']]
+            outcome = ('both right' if got == want else 'swapped' if got == want[::-1]
+                       else 'one kind twice' if got[0] == got[1] and got[0] in want else 'other or none')
+            counts[routing][outcome] += 1
+    return counts
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for path in (args.config, args.checkpoint):
@@ -329,6 +424,13 @@ def main(argv=None) -> int:
         print('|---|' + '---|' * len(KIND_OUTCOMES))
         for feature, outcomes in kind_source(model, args.swaps, args.seed).items():
             print(f'| {feature} | ' + ' | '.join(str(n) for n in outcomes.values()) + ' |')
+    if args.routed:
+        print(f'\nkinds drawn for {args.routed} captions with two kinds, with the kind words\' attention as trained '
+              'and routed by the colour words\'')
+        print('| sampling | ' + ' | '.join(TWO_KIND_OUTCOMES) + ' |')
+        print('|---|' + '---|' * len(TWO_KIND_OUTCOMES))
+        for routing, outcomes in kind_routing(model, args.routed, args.seed).items():
+            print(f'| {routing} | ' + ' | '.join(str(n) for n in outcomes.values()) + ' |')
     return 0
 
 

@@ -77,8 +77,9 @@ class Glide(BaseModel):
             :meth:`train_noise`; default 0, none) and
             ``foreground_weight`` and ``kind_weight`` (see
             :meth:`pixel_weights`; default 0, every pixel alike) and
-            ``grounding_weight`` and ``grounding_sides`` (see
-            :meth:`grounding_loss`; default 0, none).
+            ``grounding_weight``, ``grounding_sides`` and
+            ``grounding_max_timestep`` (see :meth:`grounding_loss`; default
+            0, none).
         test_cfg (dict | None): default keyword arguments of :meth:`infer` for
             ``val_step``/``test_step`` (``guidance_scale``, ``num_inference_steps``...).
         data_preprocessor (dict | None): defaults to mmengine's
@@ -113,7 +114,8 @@ class Glide(BaseModel):
         self.train_cfg = {**dict(stage='base', caption_dropout=0.2, high_noise_prob=0.,
                                  high_noise_from=900, max_mse_weight=None, offset_noise=0.,
                                  coarse_noise=0., coarse_noise_grid=4, foreground_weight=0.,
-                                 kind_weight=0., grounding_weight=0., grounding_sides=None),
+                                 kind_weight=0., grounding_weight=0., grounding_sides=None,
+                                 grounding_max_timestep=None),
                           **(train_cfg or {})}
         if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
             raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
@@ -122,6 +124,9 @@ class Glide(BaseModel):
                     'grounding_weight'):
             if not self.train_cfg[key] >= 0:
                 raise ValueError(f'train_cfg.{key} must be >= 0, got {self.train_cfg[key]}')
+        max_t = self.train_cfg['grounding_max_timestep']
+        if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int) or max_t < 0):
+            raise ValueError(f'train_cfg.grounding_max_timestep must be None or an int >= 0, got {max_t!r}')
         grid = self.train_cfg['coarse_noise_grid']
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise ValueError(f'train_cfg.coarse_noise_grid must be an int >= 1, got {grid!r}')
@@ -499,7 +504,10 @@ class Glide(BaseModel):
         mse = losses['mse'] * self.mse_weights(diffusion.inverse_snr(t, b).to(self.device))
         result = dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
         if grounding:
-            result['loss_grounding'] = grounding * self.grounding_loss(attention, batch, ~drop)
+            keep = ~drop.to(self.device)
+            if self.train_cfg['grounding_max_timestep'] is not None:
+                keep = keep & (t <= self.train_cfg['grounding_max_timestep'])
+            result['loss_grounding'] = grounding * self.grounding_loss(attention, batch, keep)
         return result
 
     def grounding_loss(self, attention: List[tuple], batch: dict, keep: torch.Tensor) -> torch.Tensor:
@@ -510,7 +518,9 @@ class Glide(BaseModel):
         ``ShapesDataset(grounding=True)``: the colour and kind word of each
         shape and its coverage; with ``grounding_kind_region='box'`` the kind
         word on the shape's bounding box), over the rows ``keep`` (B,) bool (the
-        prompts not dropped), the words and the ``attention`` recorded by
+        prompts not dropped, at timesteps up to
+        ``train_cfg.grounding_max_timestep`` if that is set), the words and
+        the ``attention`` recorded by
         :func:`~.grounding.recorded_text_attention` (every text attention
         block alike, on feature maps of the sides ``train_cfg.grounding_sides``;
         None: all). Not in GLIDE: see the ``grounding`` module for why.
