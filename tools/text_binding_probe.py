@@ -17,9 +17,10 @@ on the other 30%. A probe that reads a word's own attribute (first colour ->
 its colour) checks the method: it should be near 100%. Chance is 12.5% for a
 colour and 33.3% for a kind. The last two probes read the first padding
 position, which takes in the whole caption: a kind there is a kind that any
-pixel can read, whichever shape it belongs to. The three tables take about a minute and a
-half on a CPU, against ~17 minutes for a 256-caption ``tools/test.py`` run,
-so they are a cheap first check of a change (docs/default_model.md, "Why the class lags").
+pixel can read, whichever shape it belongs to. The three tables take about
+a minute and a half on a CPU, against ~17 minutes for a 256-caption
+``tools/test.py`` run, so they are a cheap first check of a change
+(docs/default_model.md, "Why the class lags").
 
 The second table is the UNet's side: for ``--scenes`` true two-shape renders
 (different kinds, seen split) noised to timesteps 900 and 600, the attention
@@ -393,6 +394,15 @@ def kind_routing(model, count: int = 48, seed: int = 0) -> Dict[str, Dict[str, i
     return counts
 
 
+def print_counts(title: str, row_name: str, outcomes: Sequence[str], counts: Dict[str, Dict[str, int]]):
+    """Print a table of image counts ``{row: {outcome: images}}`` after a blank line and ``title``."""
+    print(f'\n{title}')
+    print(f'| {row_name} | ' + ' | '.join(outcomes) + ' |')
+    print('|---|' + '---|' * len(outcomes))
+    for row, by_outcome in counts.items():
+        print(f'| {row} | ' + ' | '.join(str(by_outcome[o]) for o in outcomes) + ' |')
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for path in (args.config, args.checkpoint):
@@ -418,19 +428,13 @@ def main(argv=None) -> int:
     for t, level, shape, share in attention_on_words(model, args.scenes, seed=args.seed):
         print(f'| {t} | {level}x{level} | shape {shape} | ' + ' | '.join(f'{v:.1f}' for v in share.values()) + ' |')
     if args.swaps:
-        print(f'\nkind drawn for {args.swaps} one-shape captions with one text feature from the caption '
-              'with the kind changed')
-        print('| feature from the changed caption | ' + ' | '.join(KIND_OUTCOMES) + ' |')
-        print('|---|' + '---|' * len(KIND_OUTCOMES))
-        for feature, outcomes in kind_source(model, args.swaps, args.seed).items():
-            print(f'| {feature} | ' + ' | '.join(str(n) for n in outcomes.values()) + ' |')
+        print_counts(f'kind drawn for {args.swaps} one-shape captions with one text feature from the caption '
+                     'with the kind changed', 'feature from the changed caption', KIND_OUTCOMES,
+                     kind_source(model, args.swaps, args.seed))
     if args.routed:
-        print(f'\nkinds drawn for {args.routed} captions with two kinds, with the kind words\' attention as trained '
-              'and routed by the colour words\'')
-        print('| sampling | ' + ' | '.join(TWO_KIND_OUTCOMES) + ' |')
-        print('|---|' + '---|' * len(TWO_KIND_OUTCOMES))
-        for routing, outcomes in kind_routing(model, args.routed, args.seed).items():
-            print(f'| {routing} | ' + ' | '.join(str(n) for n in outcomes.values()) + ' |')
+        print_counts(f'kinds drawn for {args.routed} captions with two kinds, with the kind words\' attention '
+                     'as trained and routed by the colour words\'', 'sampling', TWO_KIND_OUTCOMES,
+                     kind_routing(model, args.routed, args.seed))
     return 0
 
 
