@@ -281,12 +281,12 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
     Returns ``{feature: {outcome: images}}`` for the features of
     :data:`SWAPPED_FEATURES` and the outcomes of :data:`KIND_OUTCOMES`.
     """
-    import torch
     from mmengine.registry import init_default_scope
 
     from mmagic.registry import DATASETS
     from projects.glide.datasets.shapes import KINDS
     from projects.glide.evaluation.shapes_accuracy import judge_image
+    from projects.glide.models.glide import to_uint8
     init_default_scope('mmagic')
     dataset = DATASETS.build(dict(type='ShapesDataset', split='seen', size=count, seed=seed, two_shape_prob=0.,
                                   resolution=model.unet.image_size))
@@ -310,7 +310,7 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
                                   num_inference_steps=25)['samples']
         finally:
             del unet.encode_text  # back to the class's method
-        images = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        images = to_uint8(samples)
         counts[feature] = dict.fromkeys(KIND_OUTCOMES, 0)
         for image, scene, caption in zip(images, scenes, captions):
             kind = scene.shapes[0].kind
@@ -342,7 +342,7 @@ def kind_words_routed_by_colour(unet, positions):
             return TextAttentionBlock.forward(block, x, text_states)
         b, c, *spatial = x.shape
         q, k, v = block._queries_keys_values(x, text_states)
-        weights = (q.float() @ k.float().transpose(2, 3) / q.shape[-1] ** 0.5).softmax(dim=-1)
+        weights = block.weights_from(q, k)
         routed = weights[:len(rows)]  # (B, heads, H*W, T + H*W), a view
         on_c1 = routed[rows, :, :, c1].mean(1)  # (B, H*W), over heads
         on_c2 = routed[rows, :, :, c2].mean(1)
@@ -374,6 +374,7 @@ def kind_routing(model, count: int = 48, seed: int = 0) -> Dict[str, Dict[str, i
     import torch
 
     from projects.glide.evaluation.shapes_accuracy import judge_image
+    from projects.glide.models.glide import to_uint8
     scenes, captions = two_kind_scenes(count, seed)
     positions = torch.tensor([[[p['c1'], p['k1']], [p['c2'], p['k2']]]
                               for p in (word_positions(model.tokenizer, c) for c in captions)])
@@ -383,7 +384,7 @@ def kind_routing(model, count: int = 48, seed: int = 0) -> Dict[str, Dict[str, i
               else contextlib.nullcontext()):
             samples = model.infer(prompt=list(captions), seed=seed, guidance_scale=3.,
                                   num_inference_steps=25)['samples']
-        images = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        images = to_uint8(samples)
         counts[routing] = dict.fromkeys(TWO_KIND_OUTCOMES, 0)
         for image, scene, caption in zip(images, scenes, captions):
             want = [s.kind for s in scene.shapes]

@@ -175,8 +175,13 @@ class TextAttentionBlock(nn.Module):
         (B, heads, H*W, T + H*W), each pixel's softmax over the T text
         positions, then the pixels; computed in float32."""
         q, k, _ = self._queries_keys_values(x, text_states)
-        scores = q.float() @ k.float().transpose(2, 3) / q.shape[-1] ** 0.5
-        return scores.softmax(dim=-1)
+        return self.weights_from(q, k)
+
+    @staticmethod
+    def weights_from(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The float32 softmax weights (B, heads, N, K) of queries q (B,
+        heads, N, ch) over keys k (B, heads, K, ch), as ``forward`` uses them."""
+        return (q.float() @ k.float().transpose(2, 3) / q.shape[-1] ** 0.5).softmax(dim=-1)
 
 
 class TimeEmbedding(nn.Module):
