@@ -474,3 +474,18 @@ def test_registry_build():
              low_res=16, seed=2))
     assert isinstance(ds, ShapesDataset) and len(ds) == 3
     assert ds[0]['low_res'].shape == (3, 16, 16)
+
+
+def test_kind_neutral_render_is_the_mean_of_the_three_kinds():
+    """With one shape the kind-neutral render is the mean of the renders of
+    the shape as each kind (compositing is linear in the coverage); it has
+    the layout and colours but is none of the kinds."""
+    from dataclasses import replace
+
+    from projects.glide.datasets.shapes import KINDS, render_scene, sample_scene
+    scene = sample_scene(np.random.default_rng(3), 'seen', two_shape_prob=0.0)
+    neutral = render_scene(scene, 64, kind_neutral=True)
+    renders = [render_scene(replace(scene, shapes=[replace(scene.shapes[0], kind=k)]), 64) for k in KINDS]
+    assert neutral.shape == (64, 64, 3) and neutral.dtype == np.float32
+    np.testing.assert_allclose(neutral, np.mean(renders, 0), atol=1e-6)
+    assert min(np.abs(neutral - r).max() for r in renders) > 0.2

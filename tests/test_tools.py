@@ -616,6 +616,20 @@ def test_grid_ignores_stale_files_of_other_runs(tmp_path):
         assert grid.size[0] == 160 + 2 * 4  # one tile only: the stale one is left out
 
 
+def test_to_hwc_uint8_layouts_floats_and_errors():
+    from projects.glide.engine import to_hwc_uint8
+    chw = torch.arange(3 * 2 * 4, dtype=torch.uint8).reshape(3, 2, 4)
+    hwc = to_hwc_uint8(chw)
+    assert hwc.shape == (2, 4, 3) and hwc.dtype == np.uint8 and hwc.flags['C_CONTIGUOUS']
+    assert hwc[1, 2].tolist() == chw[:, 1, 2].tolist()
+    assert np.array_equal(to_hwc_uint8(hwc), hwc)  # already (H, W, 3)
+    floats = np.array([-2., -1., 0., 0.5, 1., 3.], np.float32).reshape(1, 1, 6).repeat(3, 0)  # (3, 1, 6)
+    assert to_hwc_uint8(floats)[:, :, 0].ravel().tolist() == [0, 0, 128, 191, 255, 255]
+    assert np.array_equal(to_hwc_uint8(torch.from_numpy(floats)), to_hwc_uint8(floats))
+    with pytest.raises(ValueError, match=r'\(3, H, W\) or \(H, W, 3\) RGB image, got shape \(2, 4\)'):
+        to_hwc_uint8(np.zeros((2, 4), np.uint8))
+
+
 def test_prompt_slug_and_filename():
     from projects.glide.engine import image_filename, prompt_slug
     slug = prompt_slug('A Red  circle, on a BLUE background!')
@@ -754,9 +768,58 @@ def test_text_binding_probe_routes_each_kind_word_by_its_colour_word():
         torch.testing.assert_close(block(x, text), plain)  # the class's forward again
 
 
+def test_text_binding_probe_boxes_read_only_their_own_phrase():
+    """Inside ``boxes_read_own_phrase`` the UNet's first B rows give what the
+    plain UNet gives from the caption's token states where no box is, and
+    from shape 1's phrase states where shape 1's box covers every map; a row
+    beyond B reads the caption; afterwards the UNet is as before."""
+    from projects.glide.models import Text2ImUNet
+    probe = load_tool('text_binding_probe')
+    torch.manual_seed(0)
+    unet = Text2ImUNet(image_size=16, base_channels=32, channel_mult=(1, 2), resblocks_per_downsample=1,
+                       attention_res=(8, 16), num_head_channels=32, text_ctx=6, xf_width=32, xf_layers=1,
+                       xf_heads=1).eval()
+    for name, p in unet.named_parameters():
+        if 'encoder_kv' in name or 'proj_out' in name:
+            torch.nn.init.normal_(p, std=0.3)  # the text decides the output
+    tokens, ones = torch.randint(0, 1000, (3, 6)), torch.ones(3, 6, dtype=torch.bool)
+    x, t = torch.randn(3, 3, 16, 16), torch.full((3, ), 500)
+    with torch.no_grad():
+        caption = unet.encode_text(tokens, ones)
+        phrases = unet.encode_text(torch.randint(0, 1000, (4, 6)), ones[:1].expand(4, -1))['xf_out']
+        phrases = phrases.reshape(2, 2, 32, 6)  # (B, shape, width, T)
+        plain = unet(x, t, text_emb=caption)
+        from_shape_1 = unet(x, t, text_emb=dict(caption, xf_out=torch.cat([phrases[:, 0], caption['xf_out'][2:]])))
+        assert (from_shape_1[:2] - plain[:2]).abs().max() > 1e-2
+        for boxes, expected in ((0, plain), (1, from_shape_1)):
+            boxes = {side: torch.tensor([bool(boxes), False])[None, :, None].expand(2, 2, side * side)
+                     for side in (16, 8)}
+            with probe.boxes_read_own_phrase(unet, phrases, boxes):
+                out = unet(x, t, tokens, ones)
+            torch.testing.assert_close(out[:2], expected[:2], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(out[2], plain[2], atol=1e-4, rtol=1e-4)
+        assert 'encode_text' not in vars(unet)
+        torch.testing.assert_close(unet(x, t, tokens, ones), plain)  # the class's forward again
+
+
+def test_text_binding_probe_sampling_from_keeps_the_timesteps_up_to_the_start():
+    from projects.glide.models.diffusion import GlideDDIMScheduler
+    probe = load_tool('text_binding_probe')
+    scheduler = GlideDDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(25)
+    full = scheduler.timesteps.tolist()
+    with probe.sampling_from(scheduler, 800):
+        scheduler.set_timesteps(25)
+        assert scheduler.timesteps.tolist() == [t for t in full if t <= 800] and scheduler.timesteps[0] == 800
+    scheduler.set_timesteps(25)
+    assert scheduler.timesteps.tolist() == full
+    with probe.sampling_from(scheduler, -1), pytest.raises(ValueError, match='no sampling timestep at or below -1'):
+        scheduler.set_timesteps(25)
+
+
 def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
     r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, ckpts['base'], '--scenes', '4',
-             '--swaps', '2', '--routed', '3'], cwd=tmp_path)
+             '--swaps', '2', '--routed', '3', '--own-phrase', '2'], cwd=tmp_path, timeout=480)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     lines = lines[next(i for i, line in enumerate(lines) if line.startswith('2016 captions')):]
@@ -792,9 +855,17 @@ def test_text_binding_probe_prints_a_table_for_a_model(ckpts, tmp_path):
         "kinds drawn for 3 captions with two kinds, with the kind words' attention as trained and routed by the "
         "colour words'", '| sampling | both right | swapped | one kind twice | other or none |',
         '|---|---|---|---|---|']
-    rows = [line.strip('| ').split(' | ') for line in lines[end + 4:]]
+    split = lines.index('', end + 1)
+    rows = [line.strip('| ').split(' | ') for line in lines[end + 4:split]]
     assert [row[0] for row in rows] == ['as trained', 'kind words routed by colour']
     assert all(sum(map(int, row[1:])) == 3 for row in rows)
+    assert lines[split + 1:split + 4] == [
+        "kinds drawn for 2 captions with two kinds from their kind-neutral layout at t = 800, each shape's box "
+        "reading the caption as trained or only its own phrase",
+        '| sampling | both right | swapped | one kind twice | other or none |', '|---|---|---|---|---|']
+    rows = [line.strip('| ').split(' | ') for line in lines[split + 4:]]
+    assert [row[0] for row in rows] == ['as trained', 'each box reads its own phrase']
+    assert all(sum(map(int, row[1:])) == 2 for row in rows)
     r = run([sys.executable, tool('text_binding_probe.py'), BASE_CFG, 'none.pth'], cwd=tmp_path)
     assert r.returncode == 1 and 'error: file not found: none.pth' in r.stderr
 

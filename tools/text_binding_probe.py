@@ -3,6 +3,7 @@ its text encoder, where its shapes' pixels look, and which text feature
 draws a shape's kind.
 
     python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0] [--scenes 48] [--swaps 12] [--routed 0]
+        [--own-phrase 0]
 
 A caption with two shapes of different kinds, ``a C1 K1 REL a C2 K2 on a BG
 background``, draws the right picture only if the model can tell which kind
@@ -52,6 +53,18 @@ reads c1 five times as much as c2, as the shapes' pixels do at 16x16, reads
 k1 1.67x and k2 0.33x as much as before), and the pixel's weights are
 renormalised. The judge counts both kinds right, swapped, one kind twice,
 other. About 2N seconds on a CPU.
+
+The fifth table (``--own-phrase N``, off by default) asks whether the UNet
+can draw two kinds at all once the text reaches each shape apart. For N
+captions with two shapes of different kinds (seen split) it starts the
+sampling (guidance 3, the 25-step schedule from t = 800 on) from the
+scene's kind-neutral render (each shape the mean of the three kinds'
+coverages: layout and colours, no kind) noised to t = 800, twice: as
+trained, and with the pixels inside each shape's box reading only the
+token states of that shape's own one-shape caption (``a C K on a BG
+background``, encoded apart) and the other pixels the caption's, in every
+text attention block, on the conditional rows. The judge counts as for the
+fourth table. About 8N seconds on a CPU.
 """
 import argparse
 import contextlib
@@ -97,6 +110,8 @@ def parse_args(argv=None):
                         help='one-shape captions for the kind-source table (0: skip it)')
     parser.add_argument('--routed', type=int, default=0,
                         help='two-kind captions for the routed-attention table (0, the default: skip it)')
+    parser.add_argument('--own-phrase', type=int, default=0,
+                        help='two-kind captions for the own-phrase table (0, the default: skip it)')
     return parser.parse_args(argv)
 
 
@@ -340,7 +355,6 @@ def kind_words_routed_by_colour(unet, positions):
     def routed_forward(block, x, text_states):
         if text_states is None:
             return TextAttentionBlock.forward(block, x, text_states)
-        b, c, *spatial = x.shape
         q, k, v = block._queries_keys_values(x, text_states)
         weights = block.weights_from(q, k)
         routed = weights[:len(rows)]  # (B, heads, H*W, T + H*W), a view
@@ -349,13 +363,31 @@ def kind_words_routed_by_colour(unet, positions):
         share = (on_c1 / (on_c1 + on_c2).clamp(min=1e-12))[:, None]  # (B, 1, H*W)
         routed[rows, :, :, k1] = routed[rows, :, :, k1] * (2 * share)
         routed[rows, :, :, k2] = routed[rows, :, :, k2] * (2 - 2 * share)
-        weights = weights / weights.sum(-1, keepdim=True)
-        h = (weights @ v.float()).to(v.dtype)
-        return x + block.proj_out(h.transpose(2, 3).reshape(b, c, -1)).reshape(b, c, *spatial)
+        return mixed(block, x, weights, v)
 
+    with text_attention_forward(unet, routed_forward):
+        yield
+
+
+def mixed(block, x, weights, v):
+    """A text attention block's output for its input ``x`` (B, C, H, W), its
+    values ``v`` and the attention ``weights`` (B, heads, H*W, T + H*W),
+    renormalised here over the keys (what ``forward`` computes from its own
+    softmax weights)."""
+    b, c, *spatial = x.shape
+    weights = weights / weights.sum(-1, keepdim=True)
+    h = (weights @ v.float()).to(v.dtype)
+    return x + block.proj_out(h.transpose(2, 3).reshape(b, c, -1)).reshape(b, c, *spatial)
+
+
+@contextlib.contextmanager
+def text_attention_forward(unet, forward):
+    """In the block, every text attention block of ``unet`` runs
+    ``forward(block, x, text_states)`` instead of its class's forward."""
+    from projects.glide.models.unet import TextAttentionBlock
     blocks = [m for m in unet.modules() if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
     for block in blocks:
-        block.forward = functools.partial(routed_forward, block)
+        block.forward = functools.partial(forward, block)
     try:
         yield
     finally:
@@ -373,7 +405,6 @@ def kind_routing(model, count: int = 48, seed: int = 0) -> Dict[str, Dict[str, i
     {outcome: images}}`` for :data:`ROUTINGS` and :data:`TWO_KIND_OUTCOMES`."""
     import torch
 
-    from projects.glide.evaluation.shapes_accuracy import judge_image
     from projects.glide.models.glide import to_uint8
     scenes, captions = two_kind_scenes(count, seed)
     positions = torch.tensor([[[p['c1'], p['k1']], [p['c2'], p['k2']]]
@@ -385,13 +416,133 @@ def kind_routing(model, count: int = 48, seed: int = 0) -> Dict[str, Dict[str, i
             samples = model.infer(prompt=list(captions), seed=seed, guidance_scale=3.,
                                   num_inference_steps=25)['samples']
         images = to_uint8(samples)
-        counts[routing] = dict.fromkeys(TWO_KIND_OUTCOMES, 0)
-        for image, scene, caption in zip(images, scenes, captions):
-            want = [s.kind for s in scene.shapes]
-            got = [m['kind'] if m else None for m in judge_image(image, caption)['matched']]
-            outcome = ('both right' if got == want else 'swapped' if got == want[::-1]
-                       else 'one kind twice' if got[0] == got[1] and got[0] in want else 'other or none')
-            counts[routing][outcome] += 1
+        counts[routing] = two_kind_outcomes(images, scenes, captions)
+    return counts
+
+
+def two_kind_outcomes(images, scenes, captions) -> Dict[str, int]:
+    """How many of the uint8 ``images`` (B, 3, H, W) drawn for two-kind
+    ``scenes``/``captions`` the judge finds in each of
+    :data:`TWO_KIND_OUTCOMES`."""
+    from projects.glide.evaluation.shapes_accuracy import judge_image
+    counts = dict.fromkeys(TWO_KIND_OUTCOMES, 0)
+    for image, scene, caption in zip(images, scenes, captions):
+        want = [s.kind for s in scene.shapes]
+        got = [m['kind'] if m else None for m in judge_image(image, caption)['matched']]
+        outcome = ('both right' if got == want else 'swapped' if got == want[::-1]
+                   else 'one kind twice' if got[0] == got[1] and got[0] in want else 'other or none')
+        counts[outcome] += 1
+    return counts
+
+
+@contextlib.contextmanager
+def sampling_from(scheduler, timestep: int):
+    """In the block, ``scheduler.set_timesteps`` keeps only the timesteps at
+    or below ``timestep``, so a sampling loop starts at x_t (passed as its
+    start image) instead of x_T; the respaced process is unchanged."""
+    set_timesteps = scheduler.set_timesteps
+
+    def set_from(*args, **kwargs):
+        set_timesteps(*args, **kwargs)
+        scheduler.timesteps = scheduler.timesteps[scheduler.timesteps <= timestep]
+        if not len(scheduler.timesteps):
+            raise ValueError(f'no sampling timestep at or below {timestep}')
+
+    scheduler.set_timesteps = set_from
+    try:
+        yield
+    finally:
+        del scheduler.set_timesteps  # back to the class's method
+
+
+@contextlib.contextmanager
+def boxes_read_own_phrase(unet, phrase_states, boxes):
+    """In the block, each shape's box reads only its own phrase, on the first
+    B rows of a batch (the conditional half under guidance).
+
+    ``unet.encode_text`` returns the caption's token states followed by
+    ``phrase_states`` (B, 2, width, T), the states of each shape's one-shape
+    caption (T -> 3T text positions; the rows beyond B get their own states
+    three times), and the pooled feature of the caption. In every text
+    attention block a pixel inside shape i's box (``boxes[side]``, (B, 2,
+    side * side) bool) reads shape i's positions (both shapes' where the
+    boxes overlap), every other pixel the caption's; rows beyond B read the
+    caption's. Analysis only: float32 weights, no fused kernel.
+    """
+    import torch
+
+    from projects.glide.models.unet import TextAttentionBlock
+    encode_text = unet.encode_text
+    rows, _, _, text = phrase_states.shape
+
+    def encode_with_phrases(tokens, mask):
+        states = encode_text(tokens, mask)
+        full = states['xf_out']
+        phrases = [torch.cat([phrase_states[:, i], full[rows:]]) for i in (0, 1)]
+        return dict(states, xf_out=torch.cat([full] + phrases, dim=2))
+
+    def phrase_forward(block, x, text_states):
+        if text_states is None:
+            return TextAttentionBlock.forward(block, x, text_states)
+        q, k, v = block._queries_keys_values(x, text_states)
+        weights = block.weights_from(q, k)  # (B', heads, H*W, 3T + H*W)
+        in_box = boxes[x.shape[-1]]  # (B, 2, H*W)
+        read = torch.zeros(len(x), in_box.shape[-1], weights.shape[-1], dtype=torch.bool)
+        read[:, :, 3 * text:] = True  # the pixels
+        read[:, :, :text] = True
+        read[:rows, :, :text] = ~in_box.any(1)[..., None]
+        for i in (0, 1):
+            read[:rows, :, (i + 1) * text:(i + 2) * text] = in_box[:, i, :, None]
+        return mixed(block, x, weights * read[:, None], v)
+
+    unet.encode_text = encode_with_phrases
+    try:
+        with text_attention_forward(unet, phrase_forward):
+            yield
+    finally:
+        del unet.encode_text  # back to the class's method
+
+
+#: The samplings of :func:`own_phrase_reading`.
+PHRASE_READINGS: Tuple[str, ...] = ('as trained', 'each box reads its own phrase')
+
+
+def one_shape_caption(colour: str, kind: str, background: str) -> str:
+    """The canonical one-shape caption ``a C K on a BG background``."""
+    return f'a {colour} {kind} on a {background} background'
+
+
+def own_phrase_reading(model, count: int = 48, seed: int = 0, start: int = 800) -> Dict[str, Dict[str, int]]:
+    """The own-phrase table (see the module docstring): ``{reading: {outcome:
+    images}}`` for :data:`PHRASE_READINGS` and :data:`TWO_KIND_OUTCOMES`."""
+    import numpy as np
+    import torch
+
+    from projects.glide.datasets.shapes import render_scene, render_shape_boxes
+    from projects.glide.models.glide import to_uint8
+    scenes, captions = two_kind_scenes(count, seed)
+    unet, scheduler = model.unet, model.diffusion_scheduler
+    phrases = [one_shape_caption(s.color, s.kind, sc.background) for sc in scenes for s in sc.shapes]
+    with torch.no_grad():
+        states = unet.encode_text(*model.tokenizer(phrases, device=model.device))['xf_out']
+    states = states.reshape(count, 2, *states.shape[1:])
+    sides = [unet.image_size >> i for i in range(6) if unet.image_size >> i]
+    boxes = {side: torch.from_numpy(np.stack([render_shape_boxes(sc, side) > 0.3 for sc in scenes])
+                                    .reshape(count, 2, -1)) for side in sides}
+    x0 = torch.stack([torch.from_numpy(render_scene(sc, unet.image_size, kind_neutral=True)).permute(2, 0, 1)
+                      for sc in scenes]) * 2 - 1
+    counts = {}
+    with sampling_from(scheduler, start):
+        scheduler.set_timesteps(25)
+        a = float(scheduler.train_diffusion.alphas_cumprod[int(scheduler.timesteps[0])])
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        x_start = (a ** 0.5 * x0 + (1 - a) ** 0.5 * noise).to(model.device)
+        for reading in PHRASE_READINGS:
+            with (boxes_read_own_phrase(unet, states, boxes) if reading != PHRASE_READINGS[0]
+                  else contextlib.nullcontext()):
+                samples = model.infer(init_image=x_start, prompt=list(captions), seed=seed, guidance_scale=3.,
+                                      num_inference_steps=25)['samples']
+            counts[reading] = two_kind_outcomes(to_uint8(samples), scenes, captions)
     return counts
 
 
@@ -436,6 +587,10 @@ def main(argv=None) -> int:
         print_counts(f'kinds drawn for {args.routed} captions with two kinds, with the kind words\' attention '
                      'as trained and routed by the colour words\'', 'sampling', TWO_KIND_OUTCOMES,
                      kind_routing(model, args.routed, args.seed))
+    if args.own_phrase:
+        print_counts(f'kinds drawn for {args.own_phrase} captions with two kinds from their kind-neutral layout at '
+                     't = 800, each shape\'s box reading the caption as trained or only its own phrase',
+                     'sampling', TWO_KIND_OUTCOMES, own_phrase_reading(model, args.own_phrase, args.seed))
     return 0
 
 

@@ -340,24 +340,38 @@ def _check_concrete(scene: Scene) -> None:
         raise ValueError('scene has no layout; call realize_scene first')
 
 
-def render_scene(scene: Scene, resolution: int) -> np.ndarray:
+def render_scene(scene: Scene, resolution: int, kind_neutral: bool = False) -> np.ndarray:
     """Render a concrete scene as float32 (R, R, 3) RGB in [0, 1].
 
     Coverage is anti-aliased by supersampling (:func:`shape_coverage`), so a
     render at R equals the box-downsampled render at ``R * s`` (e.g. 64 vs
     256) up to float rounding. Palette colours are exact (``round(x * 255)``)
-    wherever coverage is full.
+    wherever coverage is full. With ``kind_neutral`` each shape's coverage is
+    the mean of the three kinds' at its centre and extent: the layout and the
+    colours without the kinds (a soft blob), for analysis.
     """
     _check_concrete(scene)
     res = int(resolution)
     img = np.empty((res, res, 3), np.float32)
     img[:] = np.asarray(PALETTE[scene.background], np.float32) / 255
     for s in scene.shapes:
-        wy, wx, cov = shape_coverage(s, res)
+        if kind_neutral:
+            wy, wx, covs = _kind_coverages(s, res)
+            cov = covs.mean(0)
+        else:
+            wy, wx, cov = shape_coverage(s, res)
         color = np.asarray(PALETTE[s.color], np.float32) / 255
         window = img[wy, wx]
         window += cov.astype(np.float32)[..., None] * (color - window)
     return img
+
+
+def _kind_coverages(shape: Shape, res: int) -> Tuple[slice, slice, np.ndarray]:
+    """:func:`shape_coverage` of ``shape`` as each of :data:`KINDS`: the
+    window and the coverages (3, h, w), in the order of :data:`KINDS`."""
+    covs = [shape_coverage(replace(shape, kind=k), res) for k in KINDS]
+    wy, wx = covs[0][:2]
+    return wy, wx, np.stack([c for _, _, c in covs])
 
 
 def render_kind_mask(scene: Scene, resolution: int) -> np.ndarray:
@@ -378,9 +392,7 @@ def render_kind_mask(scene: Scene, resolution: int) -> np.ndarray:
     res = int(resolution)
     mask = np.zeros((res, res), np.float32)
     for s in scene.shapes:
-        covs = [shape_coverage(replace(s, kind=k), res) for k in KINDS]
-        wy, wx = covs[0][:2]
-        stack = np.stack([c for _, _, c in covs])
+        wy, wx, stack = _kind_coverages(s, res)
         np.maximum(mask[wy, wx], stack.max(0) - stack.min(0), out=mask[wy, wx])
     return mask
 

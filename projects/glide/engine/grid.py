@@ -11,6 +11,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from projects.glide.evaluation.samples import to_hwc_uint8 as uint8_to_hwc
+from projects.glide.models.glide import to_uint8
+
 GRID_PAD = 4
 MIN_CELL_WIDTH = 160
 MAX_CAPTION_LINES = 4
@@ -37,23 +40,14 @@ def image_filename(index: int, prompt: str) -> str:
 
 def to_hwc_uint8(img) -> np.ndarray:
     """uint8 (3, H, W) / (H, W, 3) tensor or array, or a float one in
-    [-1, 1], -> uint8 (H, W, 3) array."""
-    if isinstance(img, torch.Tensor):
-        img = img.detach().cpu()
-        if img.dtype != torch.uint8:
-            img = ((img.float().clamp(-1, 1) + 1) * 127.5).round().to(
-                torch.uint8)
-        img = img.numpy()
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        img = ((np.clip(img.astype(np.float32), -1, 1) + 1) * 127.5).round(
-        ).astype(np.uint8)
-    if img.ndim != 3 or 3 not in (img.shape[0], img.shape[-1]):
-        raise ValueError(f'expected an RGB image (3, H, W) or (H, W, 3), got '
-                         f'shape {img.shape}')
-    if img.shape[-1] != 3:
-        img = img.transpose(1, 2, 0)
-    return np.ascontiguousarray(img)
+    [-1, 1], -> uint8 (H, W, 3) array. Floats go through
+    :func:`~projects.glide.models.glide.to_uint8`, the layout through the
+    evaluation's :func:`~projects.glide.evaluation.samples.to_hwc_uint8`."""
+    if not isinstance(img, torch.Tensor):
+        img = torch.as_tensor(np.ascontiguousarray(img))
+    if img.dtype != torch.uint8:
+        img = to_uint8(img)
+    return np.ascontiguousarray(uint8_to_hwc(img))
 
 
 def save_png(image, path: str, text: Optional[Dict[str, str]] = None) -> None:

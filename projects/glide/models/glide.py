@@ -714,5 +714,5 @@ class Glide(BaseModel):
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> uint8 in [0, 255] on the CPU."""
+    """Images in [-1, 1], e.g. (B, 3, H, W) (any shape) -> uint8 in [0, 255] on the CPU."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
