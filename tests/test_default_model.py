@@ -166,3 +166,32 @@ def test_text_stages_change_only_the_text_side_and_teach_the_encoder_three_times
     assert sorted(set(state) - set(shipped)) == sorted(
         k for k in state if k.startswith(tuple(f'unet.transformer.resblocks.{i}.' for i in range(2, text_blocks))))
     _assert_warm_hold_decay(_learning_rates(stage, 2000), hold_until=1100, end=2000)
+
+
+def test_off_phrase_stage_adds_only_the_off_phrase_loss_and_holds_the_text_transformer():
+    """The off-phrase stage: the grounding-box stage's data and schedule with
+    the word loss off and the off-phrase loss on, and every parameter of the
+    text side at learning rate 0 (the UNet's own at the usual rates)."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+
+    from mmagic.registry import MODELS
+    stage = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_off-phrase.py'))
+    base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
+    assert stage.model == dict(base.model, train_cfg=dict(base.model.train_cfg, grounding_weight=0.,
+                                                          grounding_sides=(16, ), off_phrase_weight=1.))
+    assert stage.train_dataloader.dataset == dict(base.train_dataloader.dataset, two_shape_prob=0.6,
+                                                  grounding=True, grounding_kind_region='box')
+    assert stage.test_dataloader == base.test_dataloader and stage.train_cfg.max_iters == 2000
+    model = MODELS.build(stage.model)
+    groups = build_optim_wrapper(model, stage.optim_wrapper).optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr = {names[id(p)]: g['lr'] for g in groups for p in g['params']}
+    assert len(lr) == len(names)
+    text_side = {n for n in lr if n.startswith(('unet.transformer.', 'unet.token_embedding', 'unet.positional_embedding',
+                                                'unet.padding_embedding', 'unet.final_ln', 'unet.transformer_proj'))}
+    assert len(text_side) == 2 * 12 + 7 and all(lr[n] == 0 for n in text_side)
+    assert all(lr[n] == pytest.approx(2e-3) for n in lr if n.endswith('.position_embedding'))
+    assert all(lr[n] == pytest.approx(2e-4) for n in lr if n not in text_side and not n.endswith('.position_embedding'))
+    assert any('encoder_kv' in n for n in lr if n not in text_side)  # the UNet reads the text at the usual rate
+    _assert_warm_hold_decay(_learning_rates(stage, 2000), hold_until=1100, end=2000)

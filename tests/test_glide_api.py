@@ -230,6 +230,7 @@ def test_train_timesteps_uniform_or_focused_on_high_noise(base_model, monkeypatc
     (dict(foreground_weight=-1), r'foreground_weight must be >= 0, got -1'),
     (dict(kind_weight=-2), r'kind_weight must be >= 0, got -2'),
     (dict(grounding_weight=-0.5), r'grounding_weight must be >= 0, got -0.5'),
+    (dict(off_phrase_weight=-1.), r'off_phrase_weight must be >= 0, got -1.0'),
     (dict(grounding_max_timestep=-1), r'grounding_max_timestep must be None or an int >= 0, got -1'),
     (dict(grounding_max_timestep=700.), r'grounding_max_timestep must be None or an int >= 0, got 700.0'),
     (dict(coarse_noise=-0.2), r'coarse_noise must be >= 0, got -0.2'),
@@ -395,11 +396,26 @@ def _grounding_batch(model):
                 grounding_masks=masks)
 
 
+def _training_attention(model, batch, seed):
+    """The text attention records, token mask and timesteps of
+    ``model.loss(batch)`` of two rows after ``torch.manual_seed(seed)``."""
+    from projects.glide.models.grounding import recorded_text_attention
+    torch.manual_seed(seed)
+    torch.rand(2)  # the caption dropout's draw
+    tokens, mask = model.tokenizer(batch['prompt'])
+    t = model.sample_train_timesteps(2, 1000)
+    diffusion = model.diffusion_scheduler.train_diffusion
+    x_t = diffusion.q_sample(batch['img'], t, model.train_noise(batch['img']))
+    with recorded_text_attention(model.unet) as records:
+        model.unet(x_t, t, tokens, mask)
+    return records, mask, t
+
+
 def test_loss_adds_the_grounding_loss_of_the_batchs_words(base_model, monkeypatch):
     """``grounding_weight`` adds ``loss_grounding``, that weight times the
     mean word loss over the text attention blocks, and leaves the other
     losses alone; rows whose prompt was dropped do not count."""
-    from projects.glide.models.grounding import recorded_text_attention, token_grounding_loss
+    from projects.glide.models.grounding import token_grounding_loss
     batch = _grounding_batch(base_model)
     torch.manual_seed(3)
     plain = base_model.loss(batch)
@@ -414,14 +430,7 @@ def test_loss_adds_the_grounding_loss_of_the_batchs_words(base_model, monkeypatc
     for key in ('loss_mse', 'loss_vb'):
         torch.testing.assert_close(grounded[key], same_draws[key])
     # the same number from the parts, on the same timesteps
-    torch.manual_seed(3)
-    torch.rand(2)  # the caption dropout's draw
-    tokens, mask = base_model.tokenizer(batch['prompt'])
-    t = base_model.sample_train_timesteps(2, 1000)
-    diffusion = base_model.diffusion_scheduler.train_diffusion
-    x_t = diffusion.q_sample(batch['img'], t, base_model.train_noise(batch['img']))
-    with recorded_text_attention(base_model.unet) as records:
-        base_model.unet(x_t, t, tokens, mask)
+    records, _, _ = _training_attention(base_model, batch, seed=3)
     assert records
     expected = torch.stack([token_grounding_loss(w, batch['grounding_tokens'], batch['grounding_masks'])[0].mean()
                             for _, w in records]).mean()
@@ -440,22 +449,50 @@ def test_loss_adds_the_grounding_loss_of_the_batchs_words(base_model, monkeypatc
         base_model.loss(batch)
 
 
+def test_loss_adds_the_off_phrase_loss_of_the_batchs_boxes(base_model, monkeypatch):
+    """``off_phrase_weight`` adds ``loss_off_phrase``, that weight times the
+    mean off-phrase loss over the text attention blocks, on the region of
+    each shape's last word; the other losses stay; dropped rows do not count;
+    the errors name what is missing."""
+    from projects.glide.models.grounding import off_phrase_attention_loss
+    batch = _grounding_batch(base_model)
+    batch['grounding_masks'] = torch.stack([torch.zeros_like(batch['grounding_masks']),
+                                            batch['grounding_masks']], dim=2)  # (B, S, W, R, R)
+    monkeypatch.setitem(base_model.train_cfg, 'caption_dropout', 0.)
+    torch.manual_seed(3)
+    plain = base_model.loss(batch)
+    monkeypatch.setitem(base_model.train_cfg, 'off_phrase_weight', 2.)
+    torch.manual_seed(3)
+    with_loss = base_model.loss(batch)
+    assert set(with_loss) == {'loss_mse', 'loss_vb', 'loss_off_phrase'}
+    for key in ('loss_mse', 'loss_vb'):
+        torch.testing.assert_close(with_loss[key], plain[key])
+    records, mask, _ = _training_attention(base_model, batch, seed=3)
+    expected = torch.stack([off_phrase_attention_loss(w, batch['grounding_tokens'], batch['grounding_masks'][:, :, 1],
+                                                      mask)[0].mean() for _, w in records]).mean()
+    torch.testing.assert_close(with_loss['loss_off_phrase'], 2 * expected)
+    assert 0.05 < expected < 0.95
+    monkeypatch.setitem(base_model.train_cfg, 'caption_dropout', 1.)
+    assert base_model.loss(batch)['loss_off_phrase'] == 0
+    batch['grounding_masks'] = batch['grounding_masks'][:, :, 1]
+    with pytest.raises(ValueError, match=r"train_cfg.off_phrase_weight > 0 needs a region per word in "
+                                         r"'grounding_masks' \(B, S, W, R, R\), e.g. ShapesDataset\("
+                                         r"grounding_kind_region='box'\); got \(2, 2, 64, 64\)"):
+        base_model.loss(batch)
+    del batch['grounding_tokens']
+    with pytest.raises(ValueError, match=r"train_cfg.off_phrase_weight > 0 needs 'grounding_tokens' in the "
+                                         r'batch, e.g. from ShapesDataset\(grounding=True\)'):
+        base_model.loss(batch)
+
+
 def test_grounding_loss_counts_only_rows_up_to_its_max_timestep(base_model, monkeypatch):
     """``grounding_max_timestep`` leaves the rows drawn at later timesteps
     out of ``loss_grounding`` (and nothing else): the loss equals the mean
     over the rows kept, and is 0 when none is."""
-    from projects.glide.models.grounding import recorded_text_attention
     batch = _grounding_batch(base_model)
     monkeypatch.setitem(base_model.train_cfg, 'grounding_weight', 1.)
     monkeypatch.setitem(base_model.train_cfg, 'caption_dropout', 0.)
-    torch.manual_seed(5)
-    torch.rand(2)  # the caption dropout's draw
-    t = base_model.sample_train_timesteps(2, 1000)
-    tokens, mask = base_model.tokenizer(batch['prompt'])
-    diffusion = base_model.diffusion_scheduler.train_diffusion
-    x_t = diffusion.q_sample(batch['img'], t, base_model.train_noise(batch['img']))
-    with recorded_text_attention(base_model.unet) as records:
-        base_model.unet(x_t, t, tokens, mask)
+    records, _, t = _training_attention(base_model, batch, seed=5)
     early = int(t.argmin())
     only_early = torch.zeros(2, dtype=torch.bool)
     only_early[early] = True

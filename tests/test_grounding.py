@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from projects.glide.models.grounding import recorded_text_attention, token_grounding_loss
+from projects.glide.models.grounding import (off_phrase_attention_loss, recorded_text_attention,
+                                             token_grounding_loss)
 
 
 def _tiny_unet():
@@ -110,3 +111,32 @@ def test_grounding_loss_teaches_the_unet_where_each_word_belongs():
         losses.append(loss.item())
     assert losses[0] > 0.5  # a quarter of the image each: about (1 - 1/4)^2 at first
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_off_phrase_loss_is_the_share_of_a_boxs_text_attention_on_the_other_words_and_padding():
+    """One head on a 2x2 map, 5 text positions (the last one padding);
+    object 0's words at 0 and 1, object 1's at 2 and 3. Box 0 covers pixel 0
+    and half of pixel 1 of the 4x4 image's 2x2 blocks, box 1 pixel 3."""
+    attention = torch.zeros(2, 1, 4, 5 + 4)
+    attention[:, 0, 0, :5] = torch.tensor([0.2, 0.1, 0.1, 0.0, 0.1])  # off for object 0: 0.2 of 0.5
+    attention[:, 0, 1, :5] = torch.tensor([0.1, 0.1, 0.0, 0.0, 0.0])  # off: 0
+    attention[:, 0, 2, :5] = torch.tensor([0.0, 0.0, 0.5, 0.5, 0.0])  # in no box
+    attention[:, 0, 3, :5] = torch.tensor([0.3, 0.0, 0.1, 0.0, 0.0])  # off for object 1: 0.3 of 0.4
+    attention[..., 5:] = 0.25  # pixels as keys play no part
+    positions = torch.tensor([[[0, 1], [2, 3]], [[0, 1], [-1, -1]]])  # row 1: object 1 has no word
+    boxes = torch.zeros(2, 2, 4, 4)
+    boxes[:, 0, :2, :2] = 1.
+    boxes[:, 0, :2, 2] = 1.  # half of pixel 1
+    boxes[:, 1, 2:, 2:] = 1.
+    token_mask = torch.tensor([[True] * 4 + [False]] * 2)
+    loss, valid = off_phrase_attention_loss(attention, positions, boxes, token_mask)
+    # row 1: with no other object's words only the padding is off (0.1 of 0.5 at pixel 0, 0 at pixel 1)
+    torch.testing.assert_close(loss, torch.tensor([[(0.4 + 0.5 * 0.0) / 1.5, 0.75], [0.2 / 1.5, 0.0]]))
+    assert valid.tolist() == [[True, True], [True, False]]
+    with pytest.raises(ValueError, match=r"token_mask \(B, T\) must match the attention's B=2, T=5 and each "
+                                         r'other; got \(2, 2, 2\), \(2, 2, 4, 4\) and \(2, 4\)'):
+        off_phrase_attention_loss(attention, positions, boxes, token_mask[:, :4])
+    with pytest.raises(ValueError, match='word positions must be < the 5 text positions, got 5'):
+        off_phrase_attention_loss(attention, positions + 2 * (positions == 3), boxes, token_mask)
+    with pytest.raises(ValueError, match='attention must be over a square feature map, got 3 pixels'):
+        off_phrase_attention_loss(attention[:, :, :3, :8], positions, boxes, token_mask)

@@ -44,8 +44,10 @@ def to_hwc_uint8(img) -> np.ndarray:
     :func:`~projects.glide.models.glide.to_uint8`, the layout through the
     evaluation's :func:`~projects.glide.evaluation.samples.to_hwc_uint8`."""
     if not isinstance(img, torch.Tensor):
-        img = torch.as_tensor(np.ascontiguousarray(img))
-    if img.dtype != torch.uint8:
+        img = np.asarray(img)
+        if img.dtype != np.uint8:
+            img = torch.from_numpy(img.astype(np.float32))
+    if isinstance(img, torch.Tensor) and img.dtype != torch.uint8:
         img = to_uint8(img)
     return np.ascontiguousarray(uint8_to_hwc(img))
 

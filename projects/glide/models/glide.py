@@ -22,7 +22,7 @@ from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 
 from ..checkpoint import check_state_dict
 from .diffusion import GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler
-from .grounding import recorded_text_attention, token_grounding_loss
+from .grounding import off_phrase_attention_loss, recorded_text_attention, token_grounding_loss
 from .tokenizer import GlideTokenizer
 from .unet import InpaintText2ImUNet, SuperResInpaintText2ImUNet
 
@@ -79,7 +79,8 @@ class Glide(BaseModel):
             :meth:`pixel_weights`; default 0, every pixel alike) and
             ``grounding_weight``, ``grounding_sides`` and
             ``grounding_max_timestep`` (see :meth:`grounding_loss`; default
-            0, none).
+            0, none) and ``off_phrase_weight`` (see :meth:`off_phrase_loss`,
+            on the same sides and rows; default 0, none).
         test_cfg (dict | None): default keyword arguments of :meth:`infer` for
             ``val_step``/``test_step`` (``guidance_scale``, ``num_inference_steps``...).
         data_preprocessor (dict | None): defaults to mmengine's
@@ -115,13 +116,13 @@ class Glide(BaseModel):
                                  high_noise_from=900, max_mse_weight=None, offset_noise=0.,
                                  coarse_noise=0., coarse_noise_grid=4, foreground_weight=0.,
                                  kind_weight=0., grounding_weight=0., grounding_sides=None,
-                                 grounding_max_timestep=None),
+                                 grounding_max_timestep=None, off_phrase_weight=0.),
                           **(train_cfg or {})}
         if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
             raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
                              f"{self.train_cfg['high_noise_prob']}")
         for key in ('offset_noise', 'coarse_noise', 'foreground_weight', 'kind_weight',
-                    'grounding_weight'):
+                    'grounding_weight', 'off_phrase_weight'):
             if not self.train_cfg[key] >= 0:
                 raise ValueError(f'train_cfg.{key} must be >= 0, got {self.train_cfg[key]}')
         max_t = self.train_cfg['grounding_max_timestep']
@@ -480,7 +481,8 @@ class Glide(BaseModel):
         """GLIDE's hybrid training loss (eps MSE + variational bound for the
         learned variance) on uniformly drawn timesteps of the full process,
         with the prompt dropped to '' with probability ``caption_dropout``;
-        plus ``loss_grounding`` when ``train_cfg.grounding_weight`` > 0."""
+        plus ``loss_grounding`` when ``train_cfg.grounding_weight`` > 0 and
+        ``loss_off_phrase`` when ``train_cfg.off_phrase_weight`` > 0."""
         unet, scheduler = self._stage(self.train_cfg['stage'])
         diffusion = scheduler.train_diffusion
         x0 = batch['img'].to(self.device, torch.float32)
@@ -495,20 +497,58 @@ class Glide(BaseModel):
         cond = {}
         if unet is self.unet_up:
             cond['low_res'] = quantize_8bit(batch['low_res'].to(self.device, torch.float32))
-        grounding = self.train_cfg['grounding_weight']
-        with (recorded_text_attention(unet, self.train_cfg['grounding_sides']) if grounding
+        grounding, off_phrase = self.train_cfg['grounding_weight'], self.train_cfg['off_phrase_weight']
+        with (recorded_text_attention(unet, self.train_cfg['grounding_sides']) if grounding or off_phrase
               else contextlib.nullcontext()) as attention:
             out = unet(x_t, t, tokens, mask, **cond)
         losses = diffusion.training_losses(out.float(), x0, x_t, t, noise,
                                            pixel_weights=self.pixel_weights(x0, batch.get('kind_mask')))
         mse = losses['mse'] * self.mse_weights(diffusion.inverse_snr(t, b).to(self.device))
         result = dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
+        keep = ~drop.to(self.device)
+        if self.train_cfg['grounding_max_timestep'] is not None:
+            keep = keep & (t <= self.train_cfg['grounding_max_timestep'])
         if grounding:
-            keep = ~drop.to(self.device)
-            if self.train_cfg['grounding_max_timestep'] is not None:
-                keep = keep & (t <= self.train_cfg['grounding_max_timestep'])
             result['loss_grounding'] = grounding * self.grounding_loss(attention, batch, keep)
+        if off_phrase:
+            result['loss_off_phrase'] = off_phrase * self.off_phrase_loss(attention, batch, keep, mask)
         return result
+
+    def off_phrase_loss(self, attention: List[tuple], batch: dict, keep: torch.Tensor,
+                        token_mask: torch.Tensor) -> torch.Tensor:
+        """The mean :func:`~.grounding.off_phrase_attention_loss` of the
+        objects of ``batch['grounding_tokens']`` ((B, S, W) text positions)
+        on the region of each object's last word in ``batch['grounding_masks']``
+        (B, S, W, R, R): the shape's box with ``ShapesDataset(grounding=True,
+        grounding_kind_region='box')``, whose last word is the kind word); over
+        the rows ``keep`` (as for :meth:`grounding_loss`), the objects and the
+        recorded ``attention``; ``token_mask`` (B, T) marks the caption's
+        tokens. Not in GLIDE: see the ``grounding`` module for why.
+        """
+        self._check_grounding_batch(batch, attention, 'off_phrase_weight')
+        masks = batch['grounding_masks']
+        if masks.dim() != 5:
+            raise ValueError("train_cfg.off_phrase_weight > 0 needs a region per word in 'grounding_masks' "
+                             f'(B, S, W, R, R), e.g. ShapesDataset(grounding_kind_region=\'box\'); got '
+                             f'{tuple(masks.shape)}')
+        positions = batch['grounding_tokens'].to(self.device)
+        boxes = masks[:, :, -1].to(self.device)
+        total = 0.
+        for _, weights in attention:
+            loss, valid = off_phrase_attention_loss(weights, positions, boxes, token_mask)
+            valid = valid & keep.to(valid.device)[:, None]
+            total = total + (loss * valid).sum() / valid.sum().clamp(min=1)
+        return total / len(attention)
+
+    def _check_grounding_batch(self, batch: dict, attention: List[tuple], weight: str) -> None:
+        """Errors that name what a grounding loss (``train_cfg.<weight>`` > 0) lacks."""
+        missing = [k for k in ('grounding_tokens', 'grounding_masks') if k not in batch]
+        if missing:
+            raise ValueError(f"train_cfg.{weight} > 0 needs {' and '.join(map(repr, missing))} in "
+                             'the batch, e.g. from ShapesDataset(grounding=True)')
+        if not attention:
+            raise ValueError(f'train_cfg.{weight} > 0 needs text attention blocks; the UNet has '
+                             f"none on feature maps of the sides {self.train_cfg['grounding_sides']}")
 
     def grounding_loss(self, attention: List[tuple], batch: dict, keep: torch.Tensor) -> torch.Tensor:
         """The mean :func:`~.grounding.token_grounding_loss` of the words
@@ -525,15 +565,9 @@ class Glide(BaseModel):
         block alike, on feature maps of the sides ``train_cfg.grounding_sides``;
         None: all). Not in GLIDE: see the ``grounding`` module for why.
         """
-        missing = [k for k in ('grounding_tokens', 'grounding_masks') if k not in batch]
-        if missing:
-            raise ValueError(f"train_cfg.grounding_weight > 0 needs {' and '.join(map(repr, missing))} in "
-                             'the batch, e.g. from ShapesDataset(grounding=True)')
+        self._check_grounding_batch(batch, attention, 'grounding_weight')
         positions = batch['grounding_tokens'].to(self.device)
         masks = batch['grounding_masks'].to(self.device)
-        if not attention:
-            raise ValueError('train_cfg.grounding_weight > 0 needs text attention blocks; the UNet has '
-                             f"none on feature maps of the sides {self.train_cfg['grounding_sides']}")
         total = 0.
         for _, weights in attention:
             loss, valid = token_grounding_loss(weights, positions, masks)

@@ -15,6 +15,14 @@ caption but not which shape each belongs to. At 16x16 each shape's pixels
 attend to both shapes' kind words about equally (docs/default_model.md, "Why
 the class lags"), so a circle named for one shape is as likely to be drawn as
 the other. The loss tells the UNet which pixels each word belongs to.
+
+:func:`off_phrase_attention_loss` asks the same from the pixels' side: the
+share of the text attention of an object's box that goes to another object's
+words or to the padding. Why: with the layout given, a shape whose box reads
+only its own words of the caption draws its kind where one that reads the
+whole caption does not (docs/default_model.md, "Why the class lags", the
+own-phrase table); the word loss above binds the words but leaves every pixel
+free to read the padding, which holds both kinds.
 """
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -100,3 +108,46 @@ def token_grounding_loss(attention: torch.Tensor, positions: torch.Tensor,
     inside = (on_word * coverage).sum(-1) / on_word.sum(-1).clamp(min=1e-12)
     loss = torch.where(valid, (1 - inside) ** 2, torch.zeros_like(inside))
     return loss, valid
+
+
+def off_phrase_attention_loss(attention: torch.Tensor, positions: torch.Tensor, boxes: torch.Tensor,
+                              token_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-object loss on one attention block: what its box reads off its phrase.
+
+    Args:
+        attention, positions (Tensor): as for :func:`token_grounding_loss`.
+        boxes (Tensor): (B, S, R, R) in [0, 1], each object's box (or any
+            region), averaged down to side x side.
+        token_mask (Tensor): (B, T) bool, True on the caption's tokens
+            (False on the padding).
+
+    Returns:
+        tuple: the loss (B, S) in [0, 1], the mean over the object's box
+        (weighted by its coverage) of the share of a pixel's text attention
+        (averaged over the heads) that goes to the other objects' words or to
+        the padding; and ``valid`` (B, S) bool, the objects with a word and a
+        box (the loss is 0 elsewhere).
+    """
+    b, _, pixels, keys = attention.shape
+    s = positions.shape[1]
+    text = keys - pixels
+    side = int(round(pixels ** 0.5))
+    if side * side != pixels:
+        raise ValueError(f'attention must be over a square feature map, got {pixels} pixels')
+    if positions.shape[0] != b or boxes.dim() != 4 or boxes.shape[:2] != (b, s) or \
+            tuple(token_mask.shape) != (b, text):
+        raise ValueError(f'positions (B, S, W), boxes (B, S, R, R) and token_mask (B, T) must match the '
+                         f'attention\'s B={b}, T={text} and each other; got {tuple(positions.shape)}, '
+                         f'{tuple(boxes.shape)} and {tuple(token_mask.shape)}')
+    if int(positions.max()) >= text:
+        raise ValueError(f'word positions must be < the {text} text positions, got {int(positions.max())}')
+    has_word = positions >= 0
+    words = (F.one_hot(positions.clamp(min=0), text) * has_word[..., None]).amax(2)  # (B, S, T)
+    others = words.sum(1, keepdim=True) - words > 0
+    off = (others | ~token_mask.bool()[:, None]).to(attention.dtype)  # (B, S, T)
+    looks = attention.mean(1)[..., :text]  # (B, pixels, T)
+    off_share = torch.einsum('bpt,bst->bsp', looks, off) / looks.sum(-1)[:, None].clamp(min=1e-12)
+    coverage = F.adaptive_avg_pool2d(boxes.to(looks), side).flatten(2)  # (B, S, pixels)
+    valid = has_word.any(-1) & (coverage.sum(-1) > 0)
+    loss = (off_share * coverage).sum(-1) / coverage.sum(-1).clamp(min=1e-12)
+    return torch.where(valid, loss, torch.zeros_like(loss)), valid
