@@ -519,7 +519,7 @@ class Glide(BaseModel):
         """The mean :func:`~.grounding.off_phrase_attention_loss` of the
         objects of ``batch['grounding_tokens']`` ((B, S, W) text positions)
         on the region of each object's last word in ``batch['grounding_masks']``
-        (B, S, W, R, R): the shape's box with ``ShapesDataset(grounding=True,
+        (B, S, W, R, R) (the shape's box with ``ShapesDataset(grounding=True,
         grounding_kind_region='box')``, whose last word is the kind word); over
         the rows ``keep`` (as for :meth:`grounding_loss`), the objects and the
         recorded ``attention``; ``token_mask`` (B, T) marks the caption's
