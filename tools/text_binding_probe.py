@@ -347,14 +347,10 @@ def kind_words_routed_by_colour(unet, positions):
     weights are computed in float32 and mixed without a fused kernel.
     """
     import torch
-
-    from projects.glide.models.unet import TextAttentionBlock
     c1, k1, c2, k2 = (positions[:, i, j] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
     rows = torch.arange(len(positions))
 
     def routed_forward(block, x, text_states):
-        if text_states is None:
-            return TextAttentionBlock.forward(block, x, text_states)
         q, k, v = block._queries_keys_values(x, text_states)
         weights = block.weights_from(q, k)
         routed = weights[:len(rows)]  # (B, heads, H*W, T + H*W), a view
@@ -383,11 +379,18 @@ def mixed(block, x, weights, v):
 @contextlib.contextmanager
 def text_attention_forward(unet, forward):
     """In the block, every text attention block of ``unet`` runs
-    ``forward(block, x, text_states)`` instead of its class's forward."""
+    ``forward(block, x, text_states)`` instead of its class's forward when
+    it is given text states (without them, the class's forward)."""
     from projects.glide.models.unet import TextAttentionBlock
+
+    def forward_with_text(block, x, text_states):
+        if text_states is None:
+            return TextAttentionBlock.forward(block, x, text_states)
+        return forward(block, x, text_states)
+
     blocks = [m for m in unet.modules() if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
     for block in blocks:
-        block.forward = functools.partial(forward, block)
+        block.forward = functools.partial(forward_with_text, block)
     try:
         yield
     finally:
@@ -470,8 +473,6 @@ def boxes_read_own_phrase(unet, phrase_states, boxes):
     caption's. Analysis only: float32 weights, no fused kernel.
     """
     import torch
-
-    from projects.glide.models.unet import TextAttentionBlock
     encode_text = unet.encode_text
     rows, _, _, text = phrase_states.shape
 
@@ -482,8 +483,6 @@ def boxes_read_own_phrase(unet, phrase_states, boxes):
         return dict(states, xf_out=torch.cat([full] + phrases, dim=2))
 
     def phrase_forward(block, x, text_states):
-        if text_states is None:
-            return TextAttentionBlock.forward(block, x, text_states)
         q, k, v = block._queries_keys_values(x, text_states)
         weights = block.weights_from(q, k)  # (B', heads, H*W, 3T + H*W)
         in_box = boxes[x.shape[-1]]  # (B, 2, H*W)

@@ -533,10 +533,18 @@ class Glide(BaseModel):
                              f'{tuple(masks.shape)}')
         positions = batch['grounding_tokens'].to(self.device)
         boxes = masks[:, :, -1].to(self.device)
+        return self._mean_over_blocks(
+            attention, keep, lambda weights: off_phrase_attention_loss(weights, positions, boxes, token_mask))
+
+    @staticmethod
+    def _mean_over_blocks(attention: List[tuple], keep: torch.Tensor, block_loss: Callable) -> torch.Tensor:
+        """The mean over the recorded ``attention`` blocks of the loss
+        ``block_loss(weights)`` returns with its ``valid`` mask (both (B, ...)),
+        each averaged over its valid entries in the rows ``keep`` (B,) bool."""
         total = 0.
         for _, weights in attention:
-            loss, valid = off_phrase_attention_loss(weights, positions, boxes, token_mask)
-            valid = valid & keep.to(valid.device)[:, None]
+            loss, valid = block_loss(weights)
+            valid = valid & keep.to(valid.device).view(-1, *[1] * (valid.dim() - 1))
             total = total + (loss * valid).sum() / valid.sum().clamp(min=1)
         return total / len(attention)
 
@@ -568,12 +576,8 @@ class Glide(BaseModel):
         self._check_grounding_batch(batch, attention, 'grounding_weight')
         positions = batch['grounding_tokens'].to(self.device)
         masks = batch['grounding_masks'].to(self.device)
-        total = 0.
-        for _, weights in attention:
-            loss, valid = token_grounding_loss(weights, positions, masks)
-            valid = valid & keep.to(valid.device)[:, None, None]
-            total = total + (loss * valid).sum() / valid.sum().clamp(min=1)
-        return total / len(attention)
+        return self._mean_over_blocks(attention, keep,
+                                      lambda weights: token_grounding_loss(weights, positions, masks))
 
     def train_noise(self, x0: torch.Tensor) -> torch.Tensor:
         """The training noise for images ``x0`` (B, C, H, W): white noise,

@@ -64,6 +64,20 @@ def recorded_text_attention(unet: nn.Module,
             hook.remove()
 
 
+def _square_side(pixels: int) -> int:
+    """The side of a square feature map of ``pixels`` pixels; an error if it is not square."""
+    side = int(round(pixels ** 0.5))
+    if side * side != pixels:
+        raise ValueError(f'attention must be over a square feature map, got {pixels} pixels')
+    return side
+
+
+def _check_word_positions(positions: torch.Tensor, text: int) -> None:
+    """An error if a word position (-1 for none) is not one of the ``text`` text positions."""
+    if int(positions.max()) >= text:
+        raise ValueError(f'word positions must be < the {text} text positions, got {int(positions.max())}')
+
+
 def token_grounding_loss(attention: torch.Tensor, positions: torch.Tensor,
                          masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-word grounding loss on one attention block.
@@ -87,9 +101,7 @@ def token_grounding_loss(attention: torch.Tensor, positions: torch.Tensor,
     """
     b, _, pixels, keys = attention.shape
     s, w = positions.shape[1:]
-    side = int(round(pixels ** 0.5))
-    if side * side != pixels:
-        raise ValueError(f'attention must be over a square feature map, got {pixels} pixels')
+    side = _square_side(pixels)
     given = tuple(masks.shape)
     if masks.dim() == 4:
         masks = masks.unsqueeze(2)  # one region for all the words of an object
@@ -97,9 +109,7 @@ def token_grounding_loss(attention: torch.Tensor, positions: torch.Tensor,
         raise ValueError(f'positions (B, S, W) and masks (B, S, R, R) or (B, S, W, R, R) must match the '
                          f'attention\'s B={b} and each other; got {tuple(positions.shape)} and '
                          f'{given}')
-    if int(positions.max()) >= keys - pixels:
-        raise ValueError(f'word positions must be < the {keys - pixels} text positions, '
-                         f'got {int(positions.max())}')
+    _check_word_positions(positions, keys - pixels)
     valid = positions >= 0
     looks = attention.mean(1)  # (B, pixels, K)
     index = positions.clamp(min=0).reshape(b, 1, s * w).expand(b, pixels, s * w)
@@ -131,16 +141,13 @@ def off_phrase_attention_loss(attention: torch.Tensor, positions: torch.Tensor, 
     b, _, pixels, keys = attention.shape
     s = positions.shape[1]
     text = keys - pixels
-    side = int(round(pixels ** 0.5))
-    if side * side != pixels:
-        raise ValueError(f'attention must be over a square feature map, got {pixels} pixels')
+    side = _square_side(pixels)
     if positions.shape[0] != b or boxes.dim() != 4 or boxes.shape[:2] != (b, s) or \
             tuple(token_mask.shape) != (b, text):
         raise ValueError(f'positions (B, S, W), boxes (B, S, R, R) and token_mask (B, T) must match the '
                          f'attention\'s B={b}, T={text} and each other; got {tuple(positions.shape)}, '
                          f'{tuple(boxes.shape)} and {tuple(token_mask.shape)}')
-    if int(positions.max()) >= text:
-        raise ValueError(f'word positions must be < the {text} text positions, got {int(positions.max())}')
+    _check_word_positions(positions, text)
     has_word = positions >= 0
     words = (F.one_hot(positions.clamp(min=0), text) * has_word[..., None]).amax(2)  # (B, S, T)
     others = words.sum(1, keepdim=True) - words > 0
