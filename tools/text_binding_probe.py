@@ -262,12 +262,11 @@ def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900,
     text = tokens.shape[1]
     unet = model.unet.cpu().float().eval()
     x0 = torch.stack([torch.from_numpy(render_scene(sc, unet.image_size)).permute(2, 0, 1) for sc in drawn]) * 2 - 1
-    alphas_cumprod = model.diffusion_scheduler.train_diffusion.alphas_cumprod
+    diffusion = model.diffusion_scheduler.train_diffusion
     generator = torch.Generator().manual_seed(seed)
     results = []
     for t in timesteps:
-        a = float(alphas_cumprod[t])
-        x_t = a ** 0.5 * x0 + (1 - a) ** 0.5 * torch.randn(x0.shape, generator=generator)
+        x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
         for side, attention in sorted(attention_by_level(unet, x_t, t, tokens, mask).items(), reverse=True):
             pixels = torch.from_numpy(np.stack([shape_pixels(sc, side) for sc in drawn]).reshape(len(drawn), 2, -1))
             for shape in (0, 1):
@@ -533,9 +532,8 @@ def own_phrase_reading(model, count: int = 48, seed: int = 0, start: int = 800) 
     counts = {}
     with sampling_from(scheduler, start):
         scheduler.set_timesteps(25)
-        a = float(scheduler.train_diffusion.alphas_cumprod[int(scheduler.timesteps[0])])
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        x_start = (a ** 0.5 * x0 + (1 - a) ** 0.5 * noise).to(model.device)
+        x_start = scheduler.train_diffusion.q_sample(x0, int(scheduler.timesteps[0]), noise).to(model.device)
         for reading in PHRASE_READINGS:
             with (boxes_read_own_phrase(unet, states, boxes) if reading != PHRASE_READINGS[0]
                   else contextlib.nullcontext()):
