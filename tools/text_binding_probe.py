@@ -300,7 +300,7 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
     from mmagic.registry import DATASETS
     from projects.glide.datasets.shapes import KINDS
     from projects.glide.evaluation.shapes_accuracy import judge_image
-    from projects.glide.models.glide import to_uint8
+    from projects.glide.images import to_uint8
     init_default_scope('mmagic')
     dataset = DATASETS.build(dict(type='ShapesDataset', split='seen', size=count, seed=seed, two_shape_prob=0.,
                                   resolution=model.unet.image_size))
@@ -407,7 +407,7 @@ def kind_routing(model, count: int = 48, seed: int = 0) -> Dict[str, Dict[str, i
     {outcome: images}}`` for :data:`ROUTINGS` and :data:`TWO_KIND_OUTCOMES`."""
     import torch
 
-    from projects.glide.models.glide import to_uint8
+    from projects.glide.images import to_uint8
     scenes, captions = two_kind_scenes(count, seed)
     positions = torch.tensor([[[p['c1'], p['k1']], [p['c2'], p['k2']]]
                               for p in (word_positions(model.tokenizer, c) for c in captions)])
@@ -517,7 +517,7 @@ def own_phrase_reading(model, count: int = 48, seed: int = 0, start: int = 800) 
     import torch
 
     from projects.glide.datasets.shapes import render_scene, render_shape_boxes
-    from projects.glide.models.glide import to_uint8
+    from projects.glide.images import to_uint8
     scenes, captions = two_kind_scenes(count, seed)
     unet, scheduler = model.unet, model.diffusion_scheduler
     phrases = [one_shape_caption(s.color, s.kind, sc.background) for sc in scenes for s in sc.shapes]

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from projects.glide.evaluation.samples import to_hwc_uint8 as uint8_to_hwc
-from projects.glide.models.glide import to_uint8
+from projects.glide.images import to_uint8
 
 GRID_PAD = 4
 MIN_CELL_WIDTH = 160
@@ -41,7 +41,7 @@ def image_filename(index: int, prompt: str) -> str:
 def to_hwc_uint8(img) -> np.ndarray:
     """uint8 (3, H, W) / (H, W, 3) tensor or array, or a float one in
     [-1, 1], -> uint8 (H, W, 3) array. Floats go through
-    :func:`~projects.glide.models.glide.to_uint8`, the layout through the
+    :func:`~projects.glide.images.to_uint8`, the layout through the
     evaluation's :func:`~projects.glide.evaluation.samples.to_hwc_uint8`."""
     if not isinstance(img, torch.Tensor):
         img = np.asarray(img)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 
 from ..checkpoint import check_state_dict
+from ..images import quantize_8bit, to_uint8
 from .diffusion import GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler
 from .grounding import off_phrase_attention_loss, recorded_text_attention, token_grounding_loss
 from .tokenizer import GlideTokenizer
@@ -38,11 +39,6 @@ SAMPLERS = {
 
 def _build(registry, cfg):
     return cfg if not isinstance(cfg, dict) else registry.build(copy.deepcopy(cfg))
-
-
-def quantize_8bit(img: torch.Tensor) -> torch.Tensor:
-    """Round an image in [-1, 1] to the 256 levels of an 8-bit image (GLIDE)."""
-    return ((img + 1) * 127.5).round() / 127.5 - 1
 
 
 @MODELS.register_module(name=['Glide', 'GLIDE'])
@@ -750,7 +746,3 @@ class Glide(BaseModel):
             items.append(item)
         return items
 
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1], e.g. (B, 3, H, W) (any shape) -> uint8 in [0, 255] on the CPU."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
