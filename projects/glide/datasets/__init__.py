@@ -1,18 +1,13 @@
-"""Datasets of the GLIDE project."""
+"""Datasets of the GLIDE project (they never import ``models/``)."""
 from .image_caption_folder import ImageCaptionFolderDataset, parse_captions_file
 from .prompt_set import PromptSetDataset, load_prompt_file
-from .shapes import (COLORS, KINDS, PALETTE, POSITIONS, RELATIONS, SIZES,
-                     Scene, ShapesDataset, Shape, caption, is_held_out,
-                     make_prompt_set, parse_caption, realize_scene,
-                     render_kind_mask, render_scene, render_shape_masks, sample_scene,
-                     scene_from_caption, shape_word_positions,
-                     write_prompt_file)
+from .shapes import (COLORS, KINDS, PALETTE, POSITIONS, RELATIONS, SIZES, Scene, ShapesDataset,
+                     Shape, caption, is_held_out, make_prompt_set, parse_caption, realize_scene,
+                     render_scene, sample_scene, scene_from_caption, write_prompt_file)
 
 __all__ = [
-    'COLORS', 'KINDS', 'PALETTE', 'POSITIONS', 'RELATIONS', 'SIZES', 'Scene',
-    'Shape', 'ShapesDataset', 'caption', 'is_held_out', 'make_prompt_set',
-    'parse_caption', 'realize_scene', 'render_kind_mask', 'render_scene', 'render_shape_masks',
-    'sample_scene', 'shape_word_positions',
-    'scene_from_caption', 'write_prompt_file', 'PromptSetDataset', 'load_prompt_file',
-    'ImageCaptionFolderDataset', 'parse_captions_file'
+    'COLORS', 'KINDS', 'PALETTE', 'POSITIONS', 'RELATIONS', 'SIZES', 'Scene', 'Shape',
+    'ShapesDataset', 'caption', 'is_held_out', 'make_prompt_set', 'parse_caption',
+    'realize_scene', 'render_scene', 'sample_scene', 'scene_from_caption', 'write_prompt_file',
+    'PromptSetDataset', 'load_prompt_file', 'ImageCaptionFolderDataset', 'parse_captions_file'
 ]

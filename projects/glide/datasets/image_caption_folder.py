@@ -43,13 +43,14 @@ import io
 import json
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
-import torch
 from mmagic.registry import DATASETS
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+
+from ..images import hwc_to_tensor
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
 CAPTION_FORMATS = ('.jsonl', '.json', '.csv', '.tsv')
@@ -196,12 +197,6 @@ def _center_crop_resize(im: Image.Image, side: int) -> Image.Image:
     # outside the box
     im = im.crop((left, top, left + s, top + s))
     return im.resize((side, side), Image.BICUBIC)
-
-
-def _to_tensor(im: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float32 (3, H, W) in [-1, 1]."""
-    arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr) / 127.5 - 1)
 
 
 def _check_size(name: str, value) -> int:
@@ -383,8 +378,8 @@ class ImageCaptionFolderDataset(Dataset):
         im = _center_crop_resize(im, self.resolution)
         if self.is_flipped(index):
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        item = dict(img=_to_tensor(im), prompt=prompt, index=index, file=rel)
+        item = dict(img=hwc_to_tensor(im), prompt=prompt, index=index, file=rel)
         if self.low_res is not None:
-            item['low_res'] = _to_tensor(
+            item['low_res'] = hwc_to_tensor(
                 im.resize((self.low_res, self.low_res), Image.BICUBIC))
         return item

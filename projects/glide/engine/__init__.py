@@ -1,17 +1,14 @@
-"""Engine parts of the GLIDE project: the image saver hook, the upsampler
-metric, captioned grids, device checks and the bf16 autocast optimizer
-wrapper."""
+"""Engine parts of the GLIDE project: the image saver hook, captioned grids,
+device checks, CLI argument checks and the bf16 autocast optimizer wrapper."""
 from .devices import (DeviceError, check_cuda_requests, check_device,
                       check_launcher, setup_cpu_distributed)
 from .grid import (captioned_grid, image_filename, prompt_slug, read_png_text,
-                   save_png, to_hwc_uint8)
+                   save_png)
 from .hooks import GlideImageSaverHook
-from .metrics import UpsamplerPSNR, psnr, ssim
 from .optim import BF16AutocastOptimWrapper
 
 __all__ = [
-    'BF16AutocastOptimWrapper', 'DeviceError', 'GlideImageSaverHook', 'UpsamplerPSNR', 'captioned_grid',
+    'BF16AutocastOptimWrapper', 'DeviceError', 'GlideImageSaverHook', 'captioned_grid',
     'check_cuda_requests', 'check_device', 'check_launcher', 'image_filename',
-    'prompt_slug', 'psnr', 'read_png_text', 'save_png',
-    'setup_cpu_distributed', 'ssim', 'to_hwc_uint8'
+    'prompt_slug', 'read_png_text', 'save_png', 'setup_cpu_distributed'
 ]

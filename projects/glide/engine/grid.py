@@ -6,13 +6,10 @@ import re
 import unicodedata
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from projects.glide.evaluation.samples import to_hwc_uint8 as uint8_to_hwc
-from projects.glide.images import to_uint8
+from projects.glide.images import to_hwc_uint8
 
 GRID_PAD = 4
 MIN_CELL_WIDTH = 160
@@ -38,26 +35,12 @@ def image_filename(index: int, prompt: str) -> str:
     return f'{int(index):05d}_{prompt_slug(prompt)}.png'
 
 
-def to_hwc_uint8(img) -> np.ndarray:
-    """uint8 (3, H, W) / (H, W, 3) tensor or array, or a float one in
-    [-1, 1], -> uint8 (H, W, 3) array. Floats go through
-    :func:`~projects.glide.images.to_uint8`, the layout through the
-    evaluation's :func:`~projects.glide.evaluation.samples.to_hwc_uint8`."""
-    if not isinstance(img, torch.Tensor):
-        img = np.asarray(img)
-        if img.dtype != np.uint8:
-            img = torch.from_numpy(img.astype(np.float32))
-    if isinstance(img, torch.Tensor) and img.dtype != torch.uint8:
-        img = to_uint8(img)
-    return np.ascontiguousarray(uint8_to_hwc(img))
-
-
 def save_png(image, path: str, text: Optional[Dict[str, str]] = None) -> None:
     """Write a PNG atomically (a temporary file renamed into place), with
-    optional text metadata. ``image`` is a PIL image or anything
-    :func:`to_hwc_uint8` takes."""
+    optional text metadata. ``image`` is a PIL image, or a uint8 or [-1, 1]
+    float RGB image (see :func:`~projects.glide.images.to_hwc_uint8`)."""
     if not isinstance(image, Image.Image):
-        image = Image.fromarray(to_hwc_uint8(image), 'RGB')
+        image = Image.fromarray(to_hwc_uint8(image, allow_float=True), 'RGB')
     info = None
     if text:
         info = PngInfo()
@@ -124,7 +107,8 @@ def captioned_grid(images: Sequence,
     """Tile images on a white canvas with each caption written under its image.
 
     Args:
-        images: images (anything :func:`to_hwc_uint8` takes); all are shown
+        images: uint8 or [-1, 1] float RGB images (see
+            :func:`~projects.glide.images.to_hwc_uint8`); all are shown
             at the size of the first one.
         captions: one caption per image.
         ncols: columns (default ``ceil(sqrt(n))``).
@@ -141,7 +125,7 @@ def captioned_grid(images: Sequence,
         raise ValueError('no images to put in a grid')
     if len(images) != len(captions):
         raise ValueError(f'{len(images)} images but {len(captions)} captions')
-    arrays = [to_hwc_uint8(im) for im in images]
+    arrays = [to_hwc_uint8(im, allow_float=True) for im in images]
     h, w = arrays[0].shape[:2]
     tiles = [
         Image.fromarray(a, 'RGB') if a.shape[:2] == (h, w) else

@@ -4,18 +4,15 @@ import os
 import os.path as osp
 from typing import Optional, Sequence
 
+import numpy as np
 from mmengine.dataset import DefaultSampler
 from mmengine.dist import barrier, get_dist_info
 from mmengine.hooks import Hook
+from PIL import Image
 
 from mmagic.registry import HOOKS
+from projects.glide.evaluation.samples import sample_field
 from .grid import captioned_grid, image_filename, read_png_text, save_png
-
-
-def _get(item, key, default=None):
-    if hasattr(item, 'get'):
-        return item.get(key, default)
-    return getattr(item, key, default)
 
 
 def _scalar(value):
@@ -100,21 +97,21 @@ class GlideImageSaverHook(Hook):
             self._position += 1
             if self._round_robin and position >= self._size:
                 continue  # DefaultSampler padding: another rank saves it
-            index = _get(item, 'index')
+            index = sample_field(item, 'index')
             index = int(_scalar(index)) if index is not None else position
             if index in self._seen:
                 continue
             self._seen.add(index)
-            prompt = str(_get(item, 'prompt', ''))
-            seed = _get(item, 'seed')
+            prompt = str(sample_field(item, 'prompt', ''))
+            seed = sample_field(item, 'seed')
             meta = dict(prompt=prompt, index=str(index),
                         glide_run=self._run_id, rank=str(self._rank))
             if seed is not None:
                 meta['seed'] = str(int(_scalar(seed)))
             name = image_filename(index, prompt)
-            save_png(_get(item, 'image'), osp.join(out_dir, name), meta)
+            save_png(sample_field(item, 'image'), osp.join(out_dir, name), meta)
             self.saved.append(name)
-            low = _get(item, 'low_res_image')
+            low = sample_field(item, 'low_res_image')
             if self.save_low_res and low is not None:
                 save_png(low, osp.join(out_dir, 'low_res', name), meta)
 
@@ -148,8 +145,6 @@ class GlideImageSaverHook(Hook):
             runner.logger.warning('GlideImageSaverHook: no images of this run '
                                   f'found in {out_dir}; no grid written')
             return
-        from PIL import Image
-        import numpy as np
         arrays = []
         for path in images:
             with Image.open(path) as im:

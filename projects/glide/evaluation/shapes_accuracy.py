@@ -33,9 +33,10 @@ from mmengine.evaluator import BaseMetric
 from scipy import ndimage
 
 from mmagic.registry import METRICS
-from projects.glide.evaluation.samples import sample_field, to_hwc_uint8
 from projects.glide.datasets.shapes import (COLORS, PALETTE, Scene,
                                             is_held_out, parse_caption)
+from projects.glide.images import to_hwc_uint8
+from .samples import sample_field
 
 ATTRIBUTES = ('background', 'shape_color', 'shape_class', 'size', 'position',
               'relation', 'shape_count')

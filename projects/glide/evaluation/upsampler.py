@@ -1,4 +1,5 @@
-"""How well the 64->256 upsampler restores a known high-resolution image."""
+"""How well the 64->256 upsampler restores a known high-resolution image:
+PSNR and SSIM against the reference, beside bicubic upsampling."""
 from typing import Dict, Sequence
 
 import numpy as np
@@ -8,23 +9,10 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
 from mmagic.registry import METRICS
-from projects.glide.evaluation.samples import sample_field
+from projects.glide.images import to_unit_8bit
+from .samples import sample_field
 
 MAX_PSNR = 100.0
-
-
-def _as_unit(img, name: str) -> torch.Tensor:
-    """uint8 [0, 255] or float [-1, 1] (3, H, W) -> float64 [0, 1] quantised
-    to 8 bits, so that every image is compared as the 8-bit image it is."""
-    if not isinstance(img, torch.Tensor):
-        img = torch.as_tensor(np.asarray(img))
-    img = img.detach().cpu()
-    if img.dim() != 3 or img.shape[0] != 3:
-        raise ValueError(f'{name} must be a (3, H, W) RGB image, got shape '
-                         f'{tuple(img.shape)}')
-    if img.dtype == torch.uint8:
-        return img.double() / 255
-    return ((img.double().clamp(-1, 1) + 1) * 127.5).round() / 255
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -107,9 +95,9 @@ class UpsamplerPSNR(BaseMetric):
                     f'and low_res (the 64x64 input) per item; missing '
                     f'{missing}: use a test set with references, e.g. '
                     'ShapesDataset(resolution=256, low_res=64)')
-            out = _as_unit(sample_field(sample, 'image'), 'image')
-            ref = _as_unit(sample_field(sample, 'img'), 'img')
-            low = _as_unit(sample_field(sample, 'low_res'), 'low_res')
+            out = to_unit_8bit(sample_field(sample, 'image'), 'image')
+            ref = to_unit_8bit(sample_field(sample, 'img'), 'img')
+            low = to_unit_8bit(sample_field(sample, 'low_res'), 'low_res')
             if out.shape != ref.shape:
                 raise ValueError(f'the model output is {tuple(out.shape)} but '
                                  f'the reference img is {tuple(ref.shape)}')
@@ -120,7 +108,7 @@ class UpsamplerPSNR(BaseMetric):
             mismatch = False
             used = sample_field(sample, 'low_res_image')
             if used is not None:
-                used = _as_unit(used, 'low_res_image')
+                used = to_unit_8bit(used, 'low_res_image')
                 mismatch = used.shape != low.shape or bool(
                     (used - low).abs().max() > 1.5 / 255)
             if mismatch and not self._warned:
