@@ -1,0 +1,96 @@
+# The bundled noise-aware CLIP of the shapes world (CLIP guidance and
+# re-ranking for glide_tiny_shapes-64x64.py): the classes of openai's noised
+# CLIP at a tiny width, trained contrastively on images noised at uniform
+# timesteps, each image also against hard-negative captions (its caption with
+# the kinds, colours or relation of its shapes swapped, or one attribute
+# changed), so that the text side must bind words to shapes.
+#   train:   python tools/train.py projects/glide/configs/glide_clip_tiny_shapes-64x64.py
+#   test:    python tools/test.py projects/glide/configs/glide_clip_tiny_shapes-64x64.py \
+#                projects/glide/weights/glide_clip_tiny_shapes-64x64.pth
+#   publish: python tools/model_converters/glide_publish.py WORK_DIR/iter_N.pth \
+#                projects/glide/weights/glide_clip_tiny_shapes-64x64.pth --fp16
+custom_imports = dict(
+    imports=['projects.glide'],
+    allow_failed_imports=False)
+default_scope = 'mmagic'
+randomness = dict(seed=0)
+
+# the CLIP token table keeps all 49408 rows of the tokenizer (most of the
+# file); shapes captions and their negatives are < 20 BPE tokens
+model = dict(
+    type='NoisedCLIPModel',
+    clip=dict(
+        type='NoisedCLIP',
+        text_encoder=dict(width=64, heads=4, layers=4, vocab_size=49408, text_ctx=32),
+        image_encoder=dict(width=128, heads=4, layers=4, image_size=64, patch_size=8,
+                           num_timesteps=1000),
+        embed_dim=64,
+        logit_scale=30.,
+        tokenizer=dict(type='GlideCLIPTokenizer')),
+    beta_schedule='squaredcos_cap_v2',
+    eval_timesteps=(0, 250, 500, 750, 900),
+    # the image tower adds position embeddings to its patch features: with
+    # PyTorch's default init the patch features are an order of magnitude
+    # larger and the tower barely sees where things are (a position, a
+    # relation, a shape's outline across patches); a small patch projection
+    # starts both at the same scale (and the position embeddings learn at 10x
+    # the rate, see optim_wrapper)
+    init_cfg=dict(type='Normal', layer='Conv2d', std=0.004))
+
+# ---------------------------------------------------------------- training
+max_iters = 2500
+num_negatives = 6
+train_dataloader = dict(
+    batch_size=64,
+    num_workers=1,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='collate_hard_negatives'),
+    # binding lives in the two-shape scenes: half of the scenes have two
+    dataset=dict(type='ShapesDataset', split='train', size=500_000, seed=0, resolution=64,
+                 two_shape_prob=0.5,
+                 pipeline=[dict(type='HardNegativeCaptions', num=num_negatives, seed=0)]))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=500)
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01, betas=(0.9, 0.98)),
+    clip_grad=dict(max_norm=1.0),
+    paramwise_cfg=dict(custom_keys={'image_encoder.position_embedding': dict(lr_mult=10.)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
+    dict(type='CosineAnnealingLR', T_max=max_iters - 200, eta_min=1e-5, by_epoch=False, begin=200,
+         end=max_iters)
+]
+custom_hooks = [
+    dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.01, priority='NORMAL')
+]
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=500, by_epoch=False, max_keep_ckpts=3),
+    sampler_seed=dict(type='DistSamplerSeedHook'))
+log_processor = dict(by_epoch=False)
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
+
+# ------------------------------------------------------- validation / test
+# retrieval of each image's caption against its hard negatives at fixed noise
+# levels: validation on scenes of the training distribution (another
+# stream), test on the 256 held-out scenes of glide_tiny_shapes-64x64.py
+_eval_loader = dict(
+    batch_size=64,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='collate_hard_negatives'))
+val_dataloader = dict(
+    **_eval_loader,
+    dataset=dict(type='ShapesDataset', split='seen', size=256, seed=1, resolution=64,
+                 pipeline=[dict(type='HardNegativeCaptions', num=num_negatives, seed=1)]))
+val_evaluator = dict(type='CLIPRetrievalAccuracy')
+val_cfg = dict(type='ValLoop')
+test_dataloader = dict(
+    **_eval_loader,
+    dataset=dict(type='ShapesDataset', split='held_out', size=256, seed=1, resolution=64,
+                 pipeline=[dict(type='HardNegativeCaptions', num=num_negatives, seed=1)]))
+test_evaluator = dict(type='CLIPRetrievalAccuracy')
+test_cfg = dict(type='TestLoop')
