@@ -12,9 +12,26 @@ SHARED = Path(os.environ.get('GLIDE_SHARED', ROOT.parent / 'shared'))
 REFERENCE = SHARED / 'fixtures' / 'glide-reference'
 MANIFESTS = SHARED / 'fixtures' / 'manifests'
 
-if not REFERENCE.is_dir():
-    raise RuntimeError(f'reference fixtures not found at {REFERENCE}: the tests need the shared '
-                       'folder beside the checkout (or GLIDE_SHARED pointing at it)')
+#: why tests marked ``shared`` (or using the fixtures below) skip: None when the fixtures are there
+SHARED_MISSING = (None if REFERENCE.is_dir() else
+                  f'reference fixtures not found at {REFERENCE} (put the shared folder beside the '
+                  'checkout or point GLIDE_SHARED at it)')
+#: fixtures that read the shared folder; a test using one of them is a ``shared`` test
+SHARED_FIXTURES = {'cases', 'converted', 'reference_model', 'inpaint_model'}
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'shared: needs the reference fixtures of ../shared')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip, with one reason, the tests that need ``../shared`` when it is absent."""
+    if SHARED_MISSING is None:
+        return
+    skip = pytest.mark.skip(reason=SHARED_MISSING)
+    for item in items:
+        if item.get_closest_marker('shared') or SHARED_FIXTURES & set(item.fixturenames):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope='session')

@@ -13,6 +13,8 @@ from mmagic.registry import MODELS
 from projects.glide.checkpoint import CheckpointMismatchError
 from projects.glide.convert import convert_openai_checkpoint, infer_unet_config, openai_key_to_mmagic
 
+pytestmark = pytest.mark.shared  # reads ../shared/fixtures
+
 init_default_scope('mmagic')
 CONFIGS = ROOT / 'projects' / 'glide' / 'configs'
 

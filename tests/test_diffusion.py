@@ -288,6 +288,46 @@ def test_registry_and_timesteps():
     assert ddim.eta == 0.5 and ddim.beta_schedule == 'linear'
 
 
+def test_set_timesteps_start_timestep_keeps_the_timesteps_up_to_it():
+    """``start_timestep`` cuts the sampling timesteps to those at or below
+    it (img2img); the respaced process and its indices stay the same."""
+    for cls in (GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler):
+        sched = cls()
+        sched.set_timesteps(100)
+        full, betas = sched.timesteps.tolist(), sched.diffusion.betas.copy()
+        for start, first in ((500, 500), (505, 500), (999, 990), (5000, 990), (0, 0)):
+            sched.set_timesteps(100, start_timestep=start)
+            assert sched.timesteps.tolist() == [t for t in full if t <= start]
+            assert sched.timesteps[0].item() == first
+            assert np.array_equal(sched.diffusion.betas, betas) and sched.num_inference_steps == 100
+        sched.set_timesteps('fast27', start_timestep=600)
+        assert sched.timesteps.max().item() <= 600 and sched.timesteps[-1].item() == 0
+        for bad in (-1, 1.5, True, '500'):
+            with pytest.raises(ValueError, match=r'start_timestep must be an int >= 0 \(the smallest kept '
+                                                 r'timestep\), got'):
+                sched.set_timesteps(10, start_timestep=bad)
+
+
+def test_step_is_the_base_class_and_samplers_supply_only_their_update():
+    from projects.glide.models.diffusion import GlideSchedulerBase
+    for cls in (GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler):
+        assert 'step' not in vars(cls) and '_update' in vars(cls)
+    with pytest.raises(NotImplementedError, match='GlideSchedulerBase must implement _update'):
+        GlideSchedulerBase().step(torch.zeros(1, 6, 2, 2), 999, torch.zeros(1, 3, 2, 2))
+
+    class Spy(GlideDDIMScheduler):
+        def _update(self, model_output, sample, index, timestep, **kwargs):
+            self.seen = index, timestep, kwargs
+            return super()._update(model_output, sample, index, timestep, **kwargs)
+
+    spy = Spy()
+    spy.set_timesteps(10)
+    spy.step(torch.zeros(2, 6, 2, 2), torch.tensor([900, 300]), torch.zeros(2, 3, 2, 2))
+    index, timestep, kwargs = spy.seen
+    assert index.tolist() == [9, 3] and timestep.tolist() == [900, 300]
+    assert kwargs['clip_denoised'] is True and kwargs['generator'] is None and kwargs['noise'] is None
+
+
 def test_step_timestep_forms_and_errors():
     sched = GlideDDIMScheduler()
     sched.set_timesteps(10)

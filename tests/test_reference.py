@@ -10,6 +10,8 @@ import torch
 
 from projects.glide.models.diffusion import respaced_timesteps
 
+pytestmark = pytest.mark.shared  # reads ../shared/fixtures
+
 FORWARD_TOL, LOOP_TOL = 1e-4, 1e-3
 
 

@@ -232,17 +232,13 @@ def run(args) -> int:
             raise
         raise UsageError(str(err)) from None
 
+    from projects.glide.models.sampling import SAMPLING_DEFAULTS
     test_cfg = dict(getattr(model, 'test_cfg', None) or {})
-    kwargs = dict(
-        guidance_scale=args.guidance_scale if args.guidance_scale is not None
-        else test_cfg.get('guidance_scale', 3.),
-        num_inference_steps=args.steps if args.steps is not None
-        else test_cfg.get('num_inference_steps', 50),
-        num_inference_steps_up=args.steps_up if args.steps_up is not None
-        else test_cfg.get('num_inference_steps_up', 'fast27'),
-        show_progress=True)
-    if 'upsample_temp' in test_cfg:
-        kwargs['upsample_temp'] = test_cfg['upsample_temp']
+    options = dict(guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
+                   num_inference_steps_up=args.steps_up)
+    kwargs = {key: test_cfg.get(key, default) if options.get(key) is None else options[key]
+              for key, default in SAMPLING_DEFAULTS.items()}
+    kwargs['show_progress'] = True
 
     inpaint = None
     if args.image is not None:

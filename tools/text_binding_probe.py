@@ -142,7 +142,8 @@ def word_positions(tokenizer, caption: str) -> Dict[str, int]:
     """The token index of each of ``c1, k1, c2, k2`` in a two-shape caption
     (``shape_word_positions`` of the caption's parsed scene) and ``pad``, the
     first padding position after it."""
-    from projects.glide.datasets.shapes import parse_caption, shape_word_positions
+    from projects.glide.datasets.shapes import parse_caption
+    from projects.glide.research.transforms import shape_word_positions
     (c1, k1), (c2, k2) = shape_word_positions(tokenizer, caption, parse_caption(caption)).tolist()
     return dict(c1=c1, k1=k1, c2=c2, k2=k2, pad=len(tokenizer.encode(caption)))
 
@@ -202,7 +203,7 @@ def shape_pixels(scene, resolution: int):
     two shapes covers by more than 60% and the other does not."""
     import numpy as np
 
-    from projects.glide.datasets.shapes import render_shape_masks
+    from projects.glide.research.transforms import render_shape_masks
     covered = render_shape_masks(scene, resolution) > 0.6
     return np.stack([covered[0] & ~covered[1], covered[1] & ~covered[0]])
 
@@ -231,7 +232,7 @@ def attention_by_level(unet, x_t, t: int, tokens, mask) -> dict:
     averaged over heads and the level's blocks."""
     import torch
 
-    from projects.glide.models.grounding import recorded_text_attention
+    from projects.glide.research.attention import recorded_text_attention
     with torch.no_grad(), recorded_text_attention(unet) as records:
         unet(x_t, torch.full((len(x_t), ), t), tokens, mask)
     by_side = {}
@@ -350,7 +351,7 @@ def kind_words_routed_by_colour(unet, positions):
     rows = torch.arange(len(positions))
 
     def routed_forward(block, x, text_states):
-        q, k, v = block._queries_keys_values(x, text_states)
+        q, k, v = block.queries_keys_values(x, text_states)
         weights = block.weights_from(q, k)
         routed = weights[:len(rows)]  # (B, heads, H*W, T + H*W), a view
         on_c1 = routed[rows, :, :, c1].mean(1)  # (B, H*W), over heads
@@ -482,7 +483,7 @@ def boxes_read_own_phrase(unet, phrase_states, boxes):
         return dict(states, xf_out=torch.cat([full] + phrases, dim=2))
 
     def phrase_forward(block, x, text_states):
-        q, k, v = block._queries_keys_values(x, text_states)
+        q, k, v = block.queries_keys_values(x, text_states)
         weights = block.weights_from(q, k)  # (B', heads, H*W, 3T + H*W)
         in_box = boxes[x.shape[-1]]  # (B, 2, H*W)
         read = torch.zeros(len(x), in_box.shape[-1], weights.shape[-1], dtype=torch.bool)
@@ -516,7 +517,7 @@ def own_phrase_reading(model, count: int = 48, seed: int = 0, start: int = 800) 
     import numpy as np
     import torch
 
-    from projects.glide.datasets.shapes import render_scene, render_shape_boxes
+    from projects.glide.research.transforms import render_kind_neutral, render_shape_boxes
     from projects.glide.images import to_uint8
     scenes, captions = two_kind_scenes(count, seed)
     unet, scheduler = model.unet, model.diffusion_scheduler
@@ -527,7 +528,7 @@ def own_phrase_reading(model, count: int = 48, seed: int = 0, start: int = 800) 
     sides = [unet.image_size >> i for i in range(6) if unet.image_size >> i]
     boxes = {side: torch.from_numpy(np.stack([render_shape_boxes(sc, side) > 0.3 for sc in scenes])
                                     .reshape(count, 2, -1)) for side in sides}
-    x0 = torch.stack([torch.from_numpy(render_scene(sc, unet.image_size, kind_neutral=True)).permute(2, 0, 1)
+    x0 = torch.stack([torch.from_numpy(render_kind_neutral(sc, unet.image_size)).permute(2, 0, 1)
                       for sc in scenes]) * 2 - 1
     counts = {}
     with sampling_from(scheduler, start):

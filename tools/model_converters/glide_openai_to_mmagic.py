@@ -1,12 +1,17 @@
 """Convert openai's GLIDE checkpoints to this project's (mmagic) layout.
 
     python tools/model_converters/glide_openai_to_mmagic.py --base base.pt \
-        [--upsample upsample.pt] --out glide.pth [--config-out glide_config.py]
+        [--upsample upsample.pt] [--clip-image image-enc.pt --clip-text text-enc.pt] \
+        --out glide.pth [--config-out glide_config.py]
 
 Accepts openai's released ``base.pt``/``upsample.pt`` (and the inpainting
 files), as plain state dicts or dicts holding ``state_dict`` (and
-``options``). The architecture is inferred from tensor shapes; ``--config-out``
-writes a config that ``mmagic.apis.init_model`` loads the output with.
+``options``), and the noise-aware CLIP of CLIP guidance: openai's two
+released files (``--clip-image``, ``--clip-text``) or one file holding
+``image_encoder``, ``text_encoder`` and optionally ``config`` (``--clip``).
+The architecture is inferred from tensor shapes; ``--config-out`` writes a
+config that ``mmagic.apis.init_model`` loads the output with (with a CLIP,
+``model.clip`` is the ``NoisedCLIP`` config).
 """
 import argparse
 import os
@@ -25,9 +30,28 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--base', required=True, help="openai base model file (base.pt)")
     parser.add_argument('--upsample', help="openai upsampler file (upsample.pt)")
+    parser.add_argument('--clip', help='noise-aware CLIP: one file with image_encoder, text_encoder '
+                        '(openai layout) and optionally config')
+    parser.add_argument('--clip-image', help="openai's CLIP image encoder file (clip/image-enc)")
+    parser.add_argument('--clip-text', help="openai's CLIP text encoder file (clip/text-enc)")
     parser.add_argument('--out', required=True, help='output checkpoint (.pth)')
     parser.add_argument('--config-out', help='also write a config for the converted checkpoint')
     return parser.parse_args(argv)
+
+
+def load_clip(args):
+    """The CLIP dict of ``--clip`` or of ``--clip-image`` + ``--clip-text`` (None without)."""
+    from projects.glide.checkpoint import load_checkpoint_file
+    if args.clip and (args.clip_image or args.clip_text):
+        raise ValueError('pass either --clip or --clip-image with --clip-text, not both')
+    if bool(args.clip_image) != bool(args.clip_text):
+        raise ValueError('--clip-image and --clip-text must be given together')
+    if args.clip:
+        return load_checkpoint_file(args.clip, 'cpu')
+    if args.clip_image:
+        return dict(image_encoder=load_checkpoint_file(args.clip_image, 'cpu'),
+                    text_encoder=load_checkpoint_file(args.clip_text, 'cpu'))
+    return None
 
 
 def main(argv=None) -> int:
@@ -40,7 +64,7 @@ def main(argv=None) -> int:
                 raise PermissionError(f'cannot write {path}: its folder is missing or not writable')
         base = load_checkpoint_file(args.base, 'cpu')
         upsample = load_checkpoint_file(args.upsample, 'cpu') if args.upsample else None
-        state_dict, model = convert_openai_checkpoint(base, upsample)
+        state_dict, model = convert_openai_checkpoint(base, upsample, load_clip(args))
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -21,22 +21,23 @@ model = dict(
     # No clamp of the x0 guesses while upsampling: most channels of the
     # shapes colours are 0 or 255, where clamping a noisy guess removes only
     # its outward errors, so flat areas drifted inward by 2-5 levels
-    # (iteration 6,000, 8 held-out scenes: PSNR 31.05 -> 31.99 dB without it).
+    # (docs/research/base-model-history.md).
     diffusion_scheduler_up=dict(
         type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='linear',
         clip_sample=False),
     # At high noise only the low-res input tells the colours, but the plain eps
     # MSE weighs the x0 error there by SNR ~ 0, so an upsampler trained with it
-    # copies the input late: after 1,000 iterations its x0 guess at t = 700
-    # was 8 dB PSNR and samples drifted in colour. Weight the x0 error where
-    # SNR < 1 (Glide.mse_weights). Offset noise hides the overall colour in
-    # x_t, so the model takes it from the low-res input rather than from a
-    # chain that drifted: 0.1 from iteration 2,400 (fast27 PSNR 14.1 -> 24.1 dB
-    # in the next 600 iterations), 0.3 from 4,400, after sampling showed a
-    # mean-colour error of ~5 levels that no step below t = 400 corrected:
-    # with 0.1, x_t's mean is too reliable at low noise for the model to learn
-    # to overrule it (docs/default_model.md).
-    train_cfg=dict(stage='upsampler', high_noise_prob=0., max_mse_weight=1000., offset_noise=0.3),
+    # copies the input late: weight the x0 error where SNR < 1. Offset noise
+    # hides the overall colour in x_t, so the model takes it from the low-res
+    # input rather than from a chain that drifted; at 0.3 rather than the base
+    # model's 0.15, because x_t's mean stays reliable down to low noise, where
+    # the model must still learn to overrule it. Uniform timesteps; the coarse
+    # noise and the foreground weight are the base model's.
+    train_cfg=dict(_delete_=True, stage='upsampler', caption_dropout=0.2,
+                   timestep_sampler=dict(type='UniformTimestepSampler'),
+                   noise=dict(type='TrainingNoise', offset=0.3, coarse=0.3),
+                   mse_weight=dict(type='TruncatedSNRWeight', max_weight=1000.),
+                   pixel_weights=[dict(type='ForegroundPixelWeight', weight=4.)]),
     test_cfg=dict(guidance_scale=3., num_inference_steps=25, num_inference_steps_up='fast27'))
 
 # The upsampler has no attention, so it learns from 128x128 windows of the 256

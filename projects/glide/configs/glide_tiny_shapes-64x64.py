@@ -19,8 +19,7 @@ model = dict(
         # text attention at 32x32 as well as 16x16: at 16x16 a small shape
         # is 4 pixels wide, too coarse to tie a kind of shape (circle,
         # square, triangle) to its shape; the finer levels saw the caption
-        # only through the pooled text embedding (docs/default_model.md,
-        # "Why the class lags")
+        # only through the pooled text embedding (docs/research/binding-history.md)
         attention_res=(16, 32),
         num_head_channels=32,
         dropout=0.0,
@@ -32,8 +31,8 @@ model = dict(
         # (one channel each) the output head could not shift the overall colour
         norm_groups=8,
         # learned position embeddings in the attention blocks (not in GLIDE):
-        # with them the text can say where a shape goes (docs/default_model.md,
-        # "Placement")
+        # with them the text can say where a shape goes
+        # (docs/research/base-model-history.md)
         attention_position=True),
     diffusion_scheduler=dict(
         type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='squaredcos_cap_v2'),
@@ -41,17 +40,18 @@ model = dict(
     # Flat-colour images give their colours and layout away in x_t at all but
     # the noisiest timesteps, where the text must decide them: draw a quarter
     # of the training timesteps from the noisiest 15% and weight the eps MSE
-    # like an x0 MSE where SNR < 1 (see Glide.sample_train_timesteps and
-    # Glide.mse_weights). Offset noise (Glide.train_noise) hides the overall
-    # colour in x_t at high noise, so the prompt has to supply it. Shape
-    # pixels (2-30% of an image) weigh 1 + foreground_weight in the MSE
-    # (Glide.pixel_weights), so that a wrong shape colour costs enough.
-    # Coarse noise (a bilinearly upsampled 4x4 grid of normal draws) hides
-    # shape-sized blobs in x_t at high noise, so the prompt has to supply the
-    # layout too.
-    train_cfg=dict(stage='base', caption_dropout=0.2, high_noise_prob=0.25, high_noise_from=850,
-                   max_mse_weight=1000., offset_noise=0.15, coarse_noise=0.3, foreground_weight=4.),
-    # the default sampler of this model: DDIM, 25 steps (docs/default_model.md scores use it)
+    # like an x0 MSE where SNR < 1. Offset noise hides the overall colour in
+    # x_t at high noise, and coarse noise (a bilinearly upsampled 4x4 grid of
+    # normal draws) hides shape-sized blobs, so the prompt has to supply the
+    # colours and the layout. Shape pixels (2-30% of an image) weigh 1 + 4 in
+    # the MSE, so that a wrong shape colour costs enough. (The components are
+    # in projects/glide/models/training.py.)
+    train_cfg=dict(stage='base', caption_dropout=0.2,
+                   timestep_sampler=dict(type='HighNoiseTimestepSampler', prob=0.25, start=850),
+                   noise=dict(type='TrainingNoise', offset=0.15, coarse=0.3),
+                   mse_weight=dict(type='TruncatedSNRWeight', max_weight=1000.),
+                   pixel_weights=[dict(type='ForegroundPixelWeight', weight=4.)]),
+    # the default sampler of this model: DDIM, 25 steps (docs/model_card.md scores use it)
     test_cfg=dict(guidance_scale=3., num_inference_steps=25))
 
 # ---------------------------------------------------------------- training

@@ -17,4 +17,4 @@
 #       --work-dir work_dirs/grounding_box --init-from projects/glide/weights/glide_tiny_shapes-64x64.pth
 _base_ = ['./glide_tiny_shapes-64x64_grounding.py']
 
-train_dataloader = dict(dataset=dict(grounding_kind_region='box'))
+train_dataloader = dict(dataset=dict(pipeline=[dict(type='ShapeGroundingTargets', kind_region='box')]))

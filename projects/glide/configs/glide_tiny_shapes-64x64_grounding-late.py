@@ -1,5 +1,5 @@
 # The grounding-box stage with the grounding loss only on timesteps t <= 700
-# (model.train_cfg.grounding_max_timestep): the diffusion loss alone acts on
+# (TokenGroundingLoss(max_timestep=700)): the diffusion loss alone acts on
 # the noisiest 30% of the chain. In the grounding and grounding-box stages
 # the attention bound and the kinds broke, one-shape captions included
 # (docs/default_model.md, "Why the class lags"). At t > ~700 the shapes have
@@ -18,4 +18,4 @@
 #       --work-dir work_dirs/grounding_late --init-from projects/glide/weights/glide_tiny_shapes-64x64.pth
 _base_ = ['./glide_tiny_shapes-64x64_grounding-box.py']
 
-model = dict(train_cfg=dict(grounding_max_timestep=700))
+model = dict(train_cfg=dict(aux_losses=[dict(type='TokenGroundingLoss', weight=1., sides=(16, ), max_timestep=700)]))

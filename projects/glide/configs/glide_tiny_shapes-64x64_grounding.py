@@ -1,6 +1,6 @@
 # A stage for tying each word of a shape's phrase to that shape's pixels: the
 # shipped model with the word grounding loss of TokenCompose (Wang et al.
-# 2024) on the text attention blocks at 16x16 (Glide.grounding_loss): for
+# 2024) on the text attention blocks at 16x16 (TokenGroundingLoss): for
 # the colour word and the kind word of each shape, (1 - the share of the
 # word's attention that falls on the shape)^2, weighted 1 beside the
 # diffusion loss. ShapesDataset(grounding=True) gives each shape's coverage
@@ -18,6 +18,8 @@
 #   python tools/train.py projects/glide/configs/glide_tiny_shapes-64x64_grounding.py --amp \
 #       --work-dir work_dirs/grounding --init-from projects/glide/weights/glide_tiny_shapes-64x64.pth
 _base_ = ['./glide_tiny_shapes-64x64_deep-text.py']
+custom_imports = dict(imports=['projects.glide', 'projects.glide.research'], allow_failed_imports=False)
 
-model = dict(unet=dict(xf_layers=2), train_cfg=dict(grounding_weight=1., grounding_sides=(16, )))
-train_dataloader = dict(dataset=dict(grounding=True))
+model = dict(unet=dict(xf_layers=2),
+             train_cfg=dict(aux_losses=[dict(type='TokenGroundingLoss', weight=1., sides=(16, ))]))
+train_dataloader = dict(dataset=dict(pipeline=[dict(type='ShapeGroundingTargets')]))

@@ -10,9 +10,12 @@
 #   python tools/train.py projects/glide/configs/glide_tiny_shapes-64x64_kinds.py --amp \
 #       --work-dir work_dirs/kinds --init-from work_dirs/attention32/iter_3000.pth
 _base_ = ['./glide_tiny_shapes-64x64.py']
+custom_imports = dict(imports=['projects.glide', 'projects.glide.research'], allow_failed_imports=False)
 
-model = dict(train_cfg=dict(kind_weight=5.))
-train_dataloader = dict(dataset=dict(kind_mask=True, two_shape_prob=0.6))
+# the kind mask's pixels weigh 5 more in the eps MSE, on top of the foreground weight
+model = dict(train_cfg=dict(pixel_weights=[dict(type='KindPixelWeight', weight=5.),
+                                           dict(type='ForegroundPixelWeight', weight=4.)]))
+train_dataloader = dict(dataset=dict(pipeline=[dict(type='KindMask')], two_shape_prob=0.6))
 optim_wrapper = dict(optimizer=dict(lr=2e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.05, by_epoch=False, begin=0, end=100),

@@ -1,5 +1,5 @@
 # A stage that asks each shape's box to read its own phrase: the shipped model
-# with Glide.off_phrase_loss on the text attention blocks at 16x16, weighted 1
+# with OffPhraseLoss on the text attention blocks at 16x16, weighted 1
 # beside the diffusion loss: for the pixels of each shape's bounding box, the
 # share of their text attention that goes to the other shape's colour and
 # kind words or to the padding. Given the layout, a shape whose box reads
@@ -21,7 +21,7 @@
 #       --work-dir work_dirs/off_phrase --init-from projects/glide/weights/glide_tiny_shapes-64x64.pth
 _base_ = ['./glide_tiny_shapes-64x64_grounding-box.py']
 
-model = dict(train_cfg=dict(grounding_weight=0., off_phrase_weight=1.))
+model = dict(train_cfg=dict(aux_losses=[dict(type='OffPhraseLoss', weight=1., sides=(16, ))]))
 _text = dict(lr_mult=0.)
 optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'.transformer.resblocks.': _text, 'token_embedding': _text,

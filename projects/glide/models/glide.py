@@ -1,44 +1,31 @@
 """The GLIDE cascade as an mmengine model: sampling, training and testing.
 
 Sampling reproduces openai/glide-text2im's notebooks: classifier-free
-guidance on the 3 eps channels (each half keeps its own variance channels),
-the unconditional branch conditioned on the empty prompt (or a negative
-prompt), then the 64->256 upsampler conditioned on the real prompt with the
-low-resolution sample quantised to 8 bits and the start noise scaled by
-``upsample_temp``. Inpainting replaces the known region of every predicted x0
-with the source image (the reference's ``denoised_fn``).
+guidance with the unconditional branch conditioned on the empty prompt (or a
+negative prompt), then the 64->256 upsampler conditioned on the real prompt
+with the low-resolution sample quantised to 8 bits and the start noise
+scaled by ``upsample_temp``. Inpainting replaces the known region of every
+predicted x0 with the source image (the reference's ``denoised_fn``). The
+stage loop and the input checks live in ``sampling.py``, the training
+components in ``training.py``.
 """
 import contextlib
-import copy
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
-from tqdm import tqdm
 
 from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 
 from ..checkpoint import check_state_dict
 from ..images import quantize_8bit, to_uint8
-from .diffusion import GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler
-from .grounding import off_phrase_attention_loss, recorded_text_attention, token_grounding_loss
+from .sampling import (SAMPLING_DEFAULTS, Prompt, StageRequest, build_sampler, check_clip_guidance,
+                       check_prompts, check_strength, check_text_emb, img2img_image, inpaint_condition, make_generator,
+                       sample_stage, start_noise)
+from .clip import NoisedCLIP
 from .tokenizer import GlideTokenizer
-from .unet import InpaintText2ImUNet, SuperResInpaintText2ImUNet
-
-Prompt = Union[str, Sequence[str]]
-
-#: names accepted by ``infer(sampler=...)``
-SAMPLERS = {
-    'ddim': GlideDDIMScheduler,
-    'ddpm': GlideDDPMScheduler,
-    'dpmsolver++': GlideDPMSolverScheduler,
-}
-
-
-def _build(registry, cfg):
-    return cfg if not isinstance(cfg, dict) else registry.build(copy.deepcopy(cfg))
+from .training import AuxLossInputs, build_module, parse_train_cfg, pixel_weight
 
 
 @MODELS.register_module(name=['Glide', 'GLIDE'])
@@ -54,8 +41,13 @@ class Glide(BaseModel):
         diffusion_scheduler_up (dict | None): sampler of the upsampler
             (``beta_schedule='linear'``).
         tokenizer (dict): the tokenizer (GPT-2 BPE shipped with the package).
+        clip (dict | nn.Module | None): the noise-aware CLIP of CLIP guidance
+            (``dict(type='NoisedCLIP', ...)``; the converter's ``--clip``
+            writes it), used by ``infer(classifier_scale=S)``; its weights are
+            the checkpoint's ``clip.`` keys. It always runs in float32 and
+            contiguous, whatever ``dtype`` and ``memory_format`` say.
         dtype (str): ``'fp32'`` (default), ``'fp16'`` or ``'bf16'`` for both
-            UNets and the text transformer.
+            UNets and the text transformer (not the CLIP).
         use_fp16 (bool): mmagic spelling of ``dtype='fp16'``.
         memory_format (str): ``'contiguous'`` (default, NCHW) or
             ``'channels_last'`` (NHWC) for the UNets' convolution weights and
@@ -64,21 +56,15 @@ class Glide(BaseModel):
         train_cfg (dict | None): ``stage`` ('base' or 'upsampler', which UNet
             ``train_step`` trains), ``caption_dropout`` (probability of
             training on the empty prompt, which classifier-free guidance
-            needs), ``high_noise_prob`` and ``high_noise_from`` (see
-            :meth:`sample_train_timesteps`; default 0, GLIDE's uniform
-            timesteps) and ``max_mse_weight`` (see :meth:`mse_weights`;
-            default None, GLIDE's unweighted eps MSE), ``offset_noise`` (see
-            :meth:`train_noise`; default 0, GLIDE's white noise),
-            ``coarse_noise`` and ``coarse_noise_grid`` (see
-            :meth:`train_noise`; default 0, none) and
-            ``foreground_weight`` and ``kind_weight`` (see
-            :meth:`pixel_weights`; default 0, every pixel alike) and
-            ``grounding_weight``, ``grounding_sides`` and
-            ``grounding_max_timestep`` (see :meth:`grounding_loss`; default
-            0, none) and ``off_phrase_weight`` (see :meth:`off_phrase_loss`,
-            on the same sides and rows; default 0, none).
+            needs; 0.2) and the components of the loss (``training.py``;
+            each default is GLIDE's): ``timestep_sampler``
+            (``UniformTimestepSampler``), ``noise`` (``TrainingNoise``, white),
+            ``mse_weight`` (None, or ``TruncatedSNRWeight``), ``pixel_weights``
+            (list of ``PixelWeight`` terms, e.g. ``ForegroundPixelWeight``) and
+            ``aux_losses`` (list of ``AuxiliaryLoss``): config dicts, built
+            into the attributes of those names (``noise``: ``train_noise``).
         test_cfg (dict | None): default keyword arguments of :meth:`infer` for
-            ``val_step``/``test_step`` (``guidance_scale``, ``num_inference_steps``...).
+            ``val_step``/``test_step`` over ``SAMPLING_DEFAULTS``.
         data_preprocessor (dict | None): defaults to mmengine's
             ``BaseDataPreprocessor`` (moves the batch to the device).
     """
@@ -89,6 +75,7 @@ class Glide(BaseModel):
                  unet_up: Optional[dict] = None,
                  diffusion_scheduler_up: Optional[dict] = None,
                  tokenizer: dict = dict(type='GlideTokenizer'),
+                 clip: Optional[dict] = None,
                  dtype: str = 'fp32',
                  use_fp16: bool = False,
                  memory_format: str = 'contiguous',
@@ -98,40 +85,27 @@ class Glide(BaseModel):
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor or dict(type='BaseDataPreprocessor'),
                          init_cfg=init_cfg)
-        self.unet = _build(MODELS, unet)
-        self.diffusion_scheduler = _build(DIFFUSION_SCHEDULERS, diffusion_scheduler)
-        self.unet_up = _build(MODELS, unet_up) if unet_up is not None else None
+        self.unet = build_module(MODELS, unet)
+        self.diffusion_scheduler = build_module(DIFFUSION_SCHEDULERS, diffusion_scheduler)
+        self.unet_up = build_module(MODELS, unet_up) if unet_up is not None else None
         if (unet_up is None) != (diffusion_scheduler_up is None):
             raise ValueError('unet_up and diffusion_scheduler_up must be given together')
-        self.diffusion_scheduler_up = (_build(DIFFUSION_SCHEDULERS, diffusion_scheduler_up)
+        self.diffusion_scheduler_up = (build_module(DIFFUSION_SCHEDULERS, diffusion_scheduler_up)
                                        if diffusion_scheduler_up is not None else None)
-        self.tokenizer = _build(MODELS, tokenizer)
+        self.tokenizer = build_module(MODELS, tokenizer)
         if not isinstance(self.tokenizer, GlideTokenizer):
             raise TypeError(f'tokenizer must build a GlideTokenizer, got {type(self.tokenizer).__name__}')
-        self.train_cfg = {**dict(stage='base', caption_dropout=0.2, high_noise_prob=0.,
-                                 high_noise_from=900, max_mse_weight=None, offset_noise=0.,
-                                 coarse_noise=0., coarse_noise_grid=4, foreground_weight=0.,
-                                 kind_weight=0., grounding_weight=0., grounding_sides=None,
-                                 grounding_max_timestep=None, off_phrase_weight=0.),
-                          **(train_cfg or {})}
-        if not 0 <= self.train_cfg['high_noise_prob'] <= 1:
-            raise ValueError('train_cfg.high_noise_prob must be in [0, 1], got '
-                             f"{self.train_cfg['high_noise_prob']}")
-        for key in ('offset_noise', 'coarse_noise', 'foreground_weight', 'kind_weight',
-                    'grounding_weight', 'off_phrase_weight'):
-            if not self.train_cfg[key] >= 0:
-                raise ValueError(f'train_cfg.{key} must be >= 0, got {self.train_cfg[key]}')
-        max_t = self.train_cfg['grounding_max_timestep']
-        if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int) or max_t < 0):
-            raise ValueError(f'train_cfg.grounding_max_timestep must be None or an int >= 0, got {max_t!r}')
-        grid = self.train_cfg['coarse_noise_grid']
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-            raise ValueError(f'train_cfg.coarse_noise_grid must be an int >= 1, got {grid!r}')
-        if self.train_cfg['high_noise_prob'] > 0:
-            num_timesteps = self._stage(self.train_cfg['stage'])[1].train_diffusion.num_timesteps
-            if not 0 <= self.train_cfg['high_noise_from'] < num_timesteps:
-                raise ValueError(f'train_cfg.high_noise_from must be in [0, {num_timesteps}), '
-                                 f"got {self.train_cfg['high_noise_from']}")
+        self.clip = build_module(MODELS, clip) if clip is not None else None
+        if self.clip is not None and not isinstance(self.clip, NoisedCLIP):
+            raise TypeError(f'clip must build a NoisedCLIP, got {type(self.clip).__name__}')
+        if self.clip is not None:
+            self.clip.requires_grad_(False)  # guidance differentiates w.r.t. x_t only
+        parts = parse_train_cfg(train_cfg)
+        self.train_cfg = dict(stage=parts['stage'], caption_dropout=parts['caption_dropout'])
+        self.timestep_sampler, self.train_noise, self.mse_weight, self.pixel_weights, self.aux_losses = (
+            parts[k] for k in ('timestep_sampler', 'noise', 'mse_weight', 'pixel_weights', 'aux_losses'))
+        scheduler = self._stage(self.train_cfg['stage'], 'train_cfg.stage')[1]
+        self.timestep_sampler.check(scheduler.train_diffusion.num_timesteps)
         self.test_cfg = dict(test_cfg or {})
         self.set_dtype('fp16' if use_fp16 else dtype)
         self.set_memory_format(memory_format)
@@ -139,21 +113,22 @@ class Glide(BaseModel):
 
     # ------------------------------------------------------------ utilities
     def set_dtype(self, dtype: str) -> 'Glide':
-        """Run both UNets and their text transformers in ``'fp32'``, ``'fp16'`` or ``'bf16'``."""
+        """Run both UNets and their text transformers in ``'fp32'``, ``'fp16'`` or
+        ``'bf16'``; the CLIP stays float32 (as in the reference, its gradient is
+        taken in float32)."""
         for unet in (self.unet, self.unet_up):
             if unet is not None:
                 unet.set_dtype(dtype)
+        if self.clip is not None:
+            self.clip.float()
         return self
 
     def set_memory_format(self, memory_format: str) -> 'Glide':
         """Lay out the UNets' 4-D weights and sampled images as
-        ``'contiguous'`` (NCHW) or ``'channels_last'`` (NHWC).
-
-        cuDNN's and oneDNN's fastest half-precision convolutions work on
-        NHWC; with NCHW tensors each convolution may transpose its input
-        and output. Results agree with ``'contiguous'`` up to float
-        rounding.
-        """
+        ``'contiguous'`` (NCHW) or ``'channels_last'`` (NHWC): cuDNN's and
+        oneDNN's fastest half-precision convolutions work on NHWC; results
+        agree with ``'contiguous'`` up to float rounding. The CLIP is left
+        contiguous."""
         formats = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}
         if memory_format not in formats:
             raise ValueError(f'memory_format must be one of {sorted(formats)}, got {memory_format!r}')
@@ -165,11 +140,9 @@ class Glide(BaseModel):
         return self
 
     def to(self, *args, **kwargs) -> 'Glide':
-        """``nn.Module.to``, except that a CUDA device on a machine without
-        CUDA keeps the model on the CPU with a warning: ``mmagic.apis.init_model``
-        moves models to ``'cuda:0'`` by default, which would otherwise make
-        ``init_model(config, ckpt).cpu()`` fail on CPU-only machines.
-        (``.cuda()`` itself still fails loudly there.)"""
+        """``nn.Module.to``, except that a CUDA device on a machine without CUDA
+        keeps the model on the CPU with a warning (``mmagic.apis.init_model``
+        moves models to ``'cuda:0'`` by default); ``.cuda()`` still fails there."""
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
         if device is not None and device.type == 'cuda' and not torch.cuda.is_available():
             warnings.warn(f'{device} was requested but CUDA is not available: the GLIDE model '
@@ -189,134 +162,76 @@ class Glide(BaseModel):
         expected = {k: v.shape for k, v in self.state_dict().items()}
         check_state_dict(expected, state_dict)
 
-    @staticmethod
-    def _prompts(prompt: Optional[Prompt], batch_size: int, name: str = 'prompt') -> List[str]:
-        """Validate ``prompt`` (str or list of str) and expand it to ``batch_size`` rows."""
-        if prompt is None:
-            prompt = ''
-        if isinstance(prompt, str):
-            return [prompt] * batch_size
-        if not isinstance(prompt, (list, tuple)):
-            raise TypeError(f'{name} must be a str or a list of str, got {type(prompt).__name__}')
-        if len(prompt) == 0:
-            raise ValueError(f'{name} is an empty list: give at least one prompt')
-        bad = [type(p).__name__ for p in prompt if not isinstance(p, str)]
-        if bad:
-            raise TypeError(f'{name} must hold only str, found {bad[0]}')
-        if len(prompt) != batch_size:
-            raise ValueError(f'{name} has {len(prompt)} entries but batch_size is {batch_size}')
-        return list(prompt)
+    def _stage(self, stage: str, name: str = 'stage'):
+        """The (UNet, scheduler) of ``stage`` ('base' or 'upsampler'); errors name the argument ``name``."""
+        if stage == 'base':
+            return self.unet, self.diffusion_scheduler
+        if stage == 'upsampler':
+            if self.unet_up is None:
+                raise ValueError(f"{name}='upsampler' but the model has no unet_up")
+            return self.unet_up, self.diffusion_scheduler_up
+        raise ValueError(f"{name} must be 'base' or 'upsampler', got {stage!r}")
 
-    def _generator(self, seed: Optional[int], generator: Optional[torch.Generator]):
-        if seed is not None and generator is not None:
-            raise ValueError('pass seed or generator, not both')
-        if seed is None:
-            return generator
-        return torch.Generator(self.device).manual_seed(int(seed))
-
-    def _start_noise(self, init_image, shape, generator, scale: float = 1.) -> torch.Tensor:
-        """The start noise x_T: ``init_image`` verbatim, else N(0, scale^2) draws."""
-        if init_image is None:
-            noise = torch.randn(shape, generator=generator, device=self.device)
-            return noise * scale if scale != 1 else noise
-        if not torch.is_tensor(init_image):
-            raise TypeError(f'init_image must be a tensor, got {type(init_image).__name__}')
-        if init_image.dim() == 4 and init_image.shape[0] == 2 * shape[0]:
-            init_image = init_image[:shape[0]]  # upstream mmagic passes both CFG halves
-        if tuple(init_image.shape) != tuple(shape):
-            raise ValueError(f'init_image must have shape {tuple(shape)} (or twice the batch), '
-                             f'got {tuple(init_image.shape)}')
-        return init_image.to(self.device, torch.float32)
-
-    @staticmethod
-    def _inpaint_inputs(image, mask, batch_size, size, device):
-        """Validate and resize an inpainting source (B|1,3,H,W) in [-1, 1] and
-        its mask (B|1,1,H,W), 1 = keep, to ``size``; the mask is thresholded at 0.5."""
-        if not torch.is_tensor(image) or not torch.is_tensor(mask):
-            raise TypeError('inpaint_image and inpaint_mask must both be tensors')
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f'inpaint_image must be (B, 3, H, W) RGB in [-1, 1], got '
-                             f'{tuple(image.shape)} (drop an alpha channel first)')
-        if mask.dim() != 4 or mask.shape[1] != 1:
-            raise ValueError(f'inpaint_mask must be (B, 1, H, W), got {tuple(mask.shape)}')
-        if image.shape[-2:] != mask.shape[-2:]:
-            raise ValueError(f'inpaint_image is {tuple(image.shape[-2:])} but inpaint_mask is '
-                             f'{tuple(mask.shape[-2:])}: they must have the same size')
-        if image.min() < -1 - 1e-3 or image.max() > 1 + 1e-3:
-            raise ValueError(f'inpaint_image must be in [-1, 1], got values in '
-                             f'[{image.min().item():.3g}, {image.max().item():.3g}]')
-        for t, name in ((image, 'inpaint_image'), (mask, 'inpaint_mask')):
-            if t.shape[0] not in (1, batch_size):
-                raise ValueError(f'{name} has batch {t.shape[0]}, expected 1 or {batch_size}')
-        image = image.to(device, torch.float32).expand(batch_size, -1, -1, -1)
-        mask = (mask.to(device, torch.float32) > 0.5).float().expand(batch_size, -1, -1, -1)
-        if image.shape[-1] != size or image.shape[-2] != size:
-            image = F.interpolate(image, (size, size), mode='bilinear', align_corners=False,
-                                  antialias=True)
-            mask = F.interpolate(mask, (size, size), mode='nearest')
-        return image, mask
-
-    def _sample(self, unet, scheduler, x, text_emb, steps, guidance_scale, generator,
-                cond: Dict[str, torch.Tensor], denoised_fn: Optional[Callable], show_progress, desc):
-        """The sampling loop of one stage.
-
-        ``text_emb`` holds 2B rows (conditional then unconditional) when
-        ``guidance_scale`` is not None, else B rows.
-        """
-        scheduler.set_timesteps(steps)
-        b = x.shape[0]
-        guided = guidance_scale is not None
-        if guided:
-            cond = {k: torch.cat([v, v]) for k, v in cond.items()}
-        layout = self._torch_memory_format
-        cond = {k: v.contiguous(memory_format=layout) for k, v in cond.items()}
-        for t in tqdm(scheduler.timesteps, desc=desc, disable=not show_progress, leave=False):
-            x_in = (torch.cat([x, x]) if guided else x).contiguous(memory_format=layout)
-            out = unet(x_in, t.to(self.device).expand(x_in.shape[0]), text_emb=text_emb, **cond).float()
-            if guided:
-                eps_c, eps_u = out[:b, :3], out[b:, :3]
-                out = torch.cat([eps_u + guidance_scale * (eps_c - eps_u), out[:b, 3:]], dim=1)
-            x = scheduler.step(out, t, x, generator=generator, denoised_fn=denoised_fn).prev_sample
-        return x
-
-    def _scheduler(self, sampler):
-        """The base stage's scheduler, or one named by ``sampler`` on the same schedule."""
-        if sampler is None:
-            return self.diffusion_scheduler
-        base = self.diffusion_scheduler
-        schedule = dict(num_train_timesteps=base.num_train_timesteps, beta_schedule=base.beta_schedule,
-                        clip_sample=base.clip_sample)
-        if isinstance(sampler, dict):
-            return DIFFUSION_SCHEDULERS.build({**schedule, **sampler})
-        if not isinstance(sampler, str) or sampler not in SAMPLERS:
-            raise ValueError(f'sampler must be one of {sorted(SAMPLERS)} or a scheduler config dict, '
-                             f'got {sampler!r}')
-        return SAMPLERS[sampler](**schedule)
-
-    def _text(self, unet, prompts: List[str], negative: Optional[List[str]]):
+    def _encode(self, unet, prompts: List[str], negative: Optional[List[str]]) -> Dict[str, torch.Tensor]:
         tokens, mask = self.tokenizer(prompts + (negative or []), device=self.device)
         return unet.encode_text(tokens, mask)
 
+    def _clip_cond_fn(self, prompts: List[str], scale: float) -> Optional[Callable]:
+        """CLIP guidance's ``cond_fn(x_t, t)`` for ``prompts`` (row b -> prompt b) at
+        ``scale``, or None when ``scale`` is 0. The prompts are encoded once;
+        each call builds and frees its own float32 graph through the image encoder."""
+        if not scale:
+            return None
+        with torch.no_grad():
+            text = self.clip.encode_text(*self.clip.tokenize(prompts))
+
+        def cond_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.clip.guidance_grad(x, t, text, scale)
+
+        return cond_fn
+
     # -------------------------------------------------------------- sampling
+    def encode_prompt(self, prompt: Prompt, negative_prompt: Optional[Prompt] = None, batch_size: int = 1,
+                      stage: str = 'base') -> Dict[str, torch.Tensor]:
+        """The text states ``infer(text_emb=...)`` (``stage='base'``) or
+        ``infer_up(text_emb=...)`` (``'upsampler'``) take, to encode a prompt
+        once for many samples or to edit it: the UNet's ``encode_text``
+        output (``xf_proj`` (R, C), ``xf_out`` (R, width, T)); for the base
+        stage R = 2B rows, the B prompts then the B unconditional prompts
+        (``negative_prompt``, default the empty prompt), for the (unguided)
+        upsampler R = B."""
+        unet = self._stage(stage)[0]
+        if isinstance(prompt, (list, tuple)) and batch_size == 1:
+            batch_size = len(prompt) or 1
+        prompts = check_prompts(prompt, batch_size)
+        negative = check_prompts(negative_prompt, batch_size, 'negative_prompt')
+        if stage == 'upsampler' and negative_prompt is not None:
+            raise ValueError('the upsampler is not guided: negative_prompt must be None for stage='
+                             "'upsampler'")
+        return self._encode(unet, prompts, negative if stage == 'base' else None)
+
     @torch.no_grad()
     def infer(self,
               init_image: Optional[torch.Tensor] = None,
               prompt: Optional[Prompt] = None,
               batch_size: int = 1,
-              guidance_scale: float = 3.,
-              num_inference_steps: Union[int, str] = 50,
-              num_inference_steps_up: Union[int, str] = 'fast27',
+              guidance_scale: float = SAMPLING_DEFAULTS['guidance_scale'],
+              num_inference_steps: Union[int, str] = SAMPLING_DEFAULTS['num_inference_steps'],
+              num_inference_steps_up: Union[int, str] = SAMPLING_DEFAULTS['num_inference_steps_up'],
               labels: Optional[torch.Tensor] = None,
               classifier_scale: float = 0.0,
               show_progress: bool = False,
               negative_prompt: Optional[Prompt] = None,
               seed: Optional[int] = None,
               generator: Optional[torch.Generator] = None,
-              upsample_temp: float = 0.997,
+              upsample_temp: float = SAMPLING_DEFAULTS['upsample_temp'],
               init_image_up: Optional[torch.Tensor] = None,
               inpaint_image: Optional[torch.Tensor] = None,
               inpaint_mask: Optional[torch.Tensor] = None,
-              sampler: Union[None, str, dict] = None) -> Dict[str, torch.Tensor]:
+              sampler: Union[None, str, dict] = None,
+              text_emb: Optional[Dict[str, torch.Tensor]] = None,
+              image: Optional[torch.Tensor] = None,
+              strength: Optional[float] = None) -> Dict[str, torch.Tensor]:
         """Text to image: the base stage, then the upsampler if the model has one.
 
         Args:
@@ -329,10 +244,25 @@ class Glide(BaseModel):
             num_inference_steps (int | str): base steps: an int N is N evenly
                 strided timesteps; a str is a respacing spec ('100', 'ddim50',
                 'fast27', '10,10,3,2,2').
-            num_inference_steps_up (int | str): upsampler steps ('fast27').
-            labels, classifier_scale: kept for mmagic compatibility; CLIP
-                guidance is not supported (``labels`` must be None and
-                ``classifier_scale`` 0).
+            num_inference_steps_up (int | str): upsampler steps.
+            labels: kept for mmagic compatibility; must be None (GLIDE has
+                no class-conditional guidance: CLIP guidance reads the prompts).
+            classifier_scale (float): CLIP guidance scale S, a finite float
+                >= 0 (mmagic's name); 0 (default) = off, bit-identical to a
+                model without a CLIP. S > 0 needs a noise-aware CLIP in the
+                config (``model.clip``) and steers the base stage toward the
+                prompts (prompt b guides row b): every step adds
+                ``S * d/dx_t [100 * z_text . z_image(x_t, t)]`` (the CLIP seeing
+                noisy x_t at the original timestep t) to the ancestral mean
+                times its variance (``sampler='ddpm'``) or, for DDIM, to the
+                score (times ``-sqrt(1 - alpha_bar)``), GLIDE's CLIP guidance
+                (Nichol et al. 2021, sec. 3.2). The gradient is (B, 3, 64, 64)
+                and scales with S; openai's notebook uses S = 1 with its CLIP,
+                the reference fixture 3. It composes with ``guidance_scale``
+                (``guidance_scale=1``: CLIP guidance alone, the notebook's
+                recipe). The upsampler is not guided. Only the ``'ddim'`` and
+                ``'ddpm'`` samplers support it (``'dpmsolver++'`` raises);
+                each step costs one CLIP forward and backward in float32.
             show_progress (bool): a progress bar per stage.
             negative_prompt (str | list[str] | None): the unconditional branch's
                 prompt (default: the empty prompt).
@@ -347,53 +277,68 @@ class Glide(BaseModel):
             sampler (str | dict | None): the base stage's sampler instead of
                 the config's: ``'ddim'``, ``'ddpm'`` (ancestral), ``'dpmsolver++'``
                 (DPM-Solver++(2M)) or a scheduler config dict; same noise schedule.
+            text_emb (dict | None): the base stage's text states from
+                :meth:`encode_prompt` instead of ``prompt`` and ``negative_prompt``
+                (2B rows with guidance, B or 2B without); an upsampler still reads ``prompt``.
+            image (Tensor | None): img2img (SDEdit): (1|B, 3, H, W) in [-1, 1]
+                to start from (any H=W; resized per stage), with ``strength``.
+            strength (float | None): in (0, 1]: each stage starts from ``image``
+                noised (with the start noise) to its largest kept timestep <=
+                strength * 1000; small values stay close to ``image``, 1 starts
+                at the top kept timestep (nearly pure noise).
 
         Returns:
             dict: ``samples`` (B, 3, H, W) in [-1, 1] (256 with an upsampler,
             else 64); with an upsampler also ``low_res`` (B, 3, 64, 64).
         """
-        if labels is not None or classifier_scale:
-            raise ValueError('CLIP/classifier guidance is not supported: GLIDE\'s released models '
-                             'use classifier-free guidance; leave labels=None, classifier_scale=0')
+        classifier_scale = check_clip_guidance(labels, classifier_scale)
+        if classifier_scale > 0 and self.clip is None:
+            raise ValueError('classifier_scale > 0 turns on CLIP guidance, which needs a noise-aware CLIP: '
+                             'this model has none (add model.clip to the config, e.g. the one '
+                             'tools/model_converters/glide_openai_to_mmagic.py --clip writes)')
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
         if isinstance(prompt, (list, tuple)) and batch_size == 1:
             batch_size = len(prompt) or 1
-        prompts = self._prompts(prompt, batch_size)
-        negative = self._prompts(negative_prompt, batch_size, 'negative_prompt')
-        generator = self._generator(seed, generator)
+        prompts = check_prompts(prompt, batch_size)
+        negative = check_prompts(negative_prompt, batch_size, 'negative_prompt')
+        generator = make_generator(seed, generator, self.device)
         if (inpaint_image is None) != (inpaint_mask is None):
             raise ValueError('inpaint_image and inpaint_mask must be given together')
+        check_strength(image, strength)
+        guidance = None if guidance_scale == 1 else float(guidance_scale)
+        base_sampler = build_sampler(self.diffusion_scheduler, sampler)
+        if classifier_scale > 0 and not base_sampler.supports_cond_fn:
+            raise ValueError(f'CLIP guidance supports the \'ddim\' and \'ddpm\' samplers, not '
+                             f'{type(base_sampler).__name__} (sampler={sampler!r}): pass sampler=\'ddim\' '
+                             'or \'ddpm\', or classifier_scale=0')
+        if text_emb is not None:
+            if negative_prompt is not None or (prompt is not None and self.unet_up is None
+                                               and not classifier_scale):
+                raise ValueError('text_emb replaces the encoding of prompt and negative_prompt: pass '
+                                 'prompt only for the upsampler of a cascade or for CLIP guidance, '
+                                 'and no negative_prompt')
+            text_emb = check_text_emb(text_emb, batch_size, guidance is not None)
 
         size = self.unet.image_size
-        x_t = self._start_noise(init_image, (batch_size, 3, size, size), generator)
-        guidance = None if guidance_scale == 1 else float(guidance_scale)
-        text_emb = self._text(self.unet, prompts, negative if guidance is not None else None)
-        cond, denoised_fn = self._inpaint_cond(self.unet, inpaint_image, inpaint_mask, batch_size, size)
-        samples = self._sample(self.unet, self._scheduler(sampler), x_t, text_emb, num_inference_steps,
-                               guidance, generator, cond, denoised_fn, show_progress, 'GLIDE base')
+        x_t = start_noise(init_image, (batch_size, 3, size, size), generator, self.device)
+        if text_emb is None:
+            text_emb = self._encode(self.unet, prompts, negative if guidance is not None else None)
+        cond, denoised_fn = inpaint_condition(self.unet, inpaint_image, inpaint_mask, batch_size, size,
+                                              self.device)
+        samples = sample_stage(StageRequest(
+            unet=self.unet, scheduler=base_sampler, noise=x_t,
+            text_emb=text_emb, steps=num_inference_steps, guidance_scale=guidance, generator=generator,
+            cond=cond, denoised_fn=denoised_fn, cond_fn=self._clip_cond_fn(prompts, classifier_scale),
+            image=img2img_image(image, batch_size, size, self.device),
+            strength=strength, show_progress=show_progress, desc='GLIDE base'), self._torch_memory_format)
         if self.unet_up is None:
             return dict(samples=samples)
         up = self.infer_up(samples, batch_size, init_image_up, prompts, num_inference_steps_up,
                            show_progress, upsample_temp=upsample_temp, generator=generator,
-                           inpaint_image=inpaint_image, inpaint_mask=inpaint_mask)
+                           inpaint_image=inpaint_image, inpaint_mask=inpaint_mask, image=image,
+                           strength=strength)
         return dict(samples=up['samples'], low_res=samples)
-
-    def _inpaint_cond(self, unet, image, mask, batch_size, size):
-        """Conditioning inputs and the x0 replacement of an inpainting request."""
-        if image is None:
-            if isinstance(unet, (InpaintText2ImUNet, SuperResInpaintText2ImUNet)):
-                raise ValueError('this is an inpainting model: pass inpaint_image and inpaint_mask')
-            return {}, None
-        image, mask = self._inpaint_inputs(image, mask, batch_size, size, self.device)
-
-        def keep_known(x0):
-            return x0 * (1 - mask) + image * mask
-
-        cond = {}
-        if isinstance(unet, (InpaintText2ImUNet, SuperResInpaintText2ImUNet)):
-            cond = dict(inpaint_image=image * mask, inpaint_mask=mask)
-        return cond, keep_known
 
     @torch.no_grad()
     def infer_up(self,
@@ -401,18 +346,24 @@ class Glide(BaseModel):
                  batch_size: Optional[int] = None,
                  init_image: Optional[torch.Tensor] = None,
                  prompt: Optional[Prompt] = None,
-                 num_inference_steps: Union[int, str] = 'fast27',
+                 num_inference_steps: Union[int, str] = SAMPLING_DEFAULTS['num_inference_steps_up'],
                  show_progress: bool = False,
-                 upsample_temp: float = 0.997,
+                 upsample_temp: float = SAMPLING_DEFAULTS['upsample_temp'],
                  seed: Optional[int] = None,
                  generator: Optional[torch.Generator] = None,
                  inpaint_image: Optional[torch.Tensor] = None,
-                 inpaint_mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                 inpaint_mask: Optional[torch.Tensor] = None,
+                 text_emb: Optional[Dict[str, torch.Tensor]] = None,
+                 image: Optional[torch.Tensor] = None,
+                 strength: Optional[float] = None) -> Dict[str, torch.Tensor]:
         """Upsample any (B, 3, 64, 64) batch in [-1, 1] to 256x256.
 
         The low-resolution input is quantised to 8 bits, the drawn start noise
         is scaled by ``upsample_temp`` (``init_image`` is used verbatim), and
-        the UNet is conditioned on ``prompt`` without guidance.
+        the UNet is conditioned on ``prompt`` (or ``text_emb``, B rows from
+        ``encode_prompt(..., stage='upsampler')``) without guidance.
+        ``inpaint_image``/``inpaint_mask`` and ``image``/``strength`` work as
+        in :meth:`infer`.
 
         Returns:
             dict: ``samples`` (B, 3, 256, 256) in [-1, 1].
@@ -426,18 +377,22 @@ class Glide(BaseModel):
         if low_res_img.shape[0] != batch_size:
             raise ValueError(f'low_res_img has {low_res_img.shape[0]} images but batch_size is '
                              f'{batch_size}')
-        prompts = self._prompts(prompt, batch_size)
-        generator = self._generator(seed, generator)
+        prompts = check_prompts(prompt, batch_size)
+        generator = make_generator(seed, generator, self.device)
+        check_strength(image, strength)
         size = self.unet_up.image_size
-        x_t = self._start_noise(init_image, (batch_size, 3, size, size), generator, upsample_temp)
+        x_t = start_noise(init_image, (batch_size, 3, size, size), generator, self.device, upsample_temp)
         low_res = quantize_8bit(low_res_img.to(self.device, torch.float32))
-        text_emb = self._text(self.unet_up, prompts, None)
-        cond, denoised_fn = self._inpaint_cond(self.unet_up, inpaint_image, inpaint_mask,
-                                               batch_size, size)
+        text_emb = (self._encode(self.unet_up, prompts, None) if text_emb is None
+                    else check_text_emb(text_emb, batch_size, guided=False))
+        cond, denoised_fn = inpaint_condition(self.unet_up, inpaint_image, inpaint_mask, batch_size, size,
+                                              self.device)
         cond['low_res'] = low_res
-        samples = self._sample(self.unet_up, self.diffusion_scheduler_up, x_t, text_emb,
-                               num_inference_steps, None, generator, cond, denoised_fn,
-                               show_progress, 'GLIDE upsampler')
+        samples = sample_stage(StageRequest(
+            unet=self.unet_up, scheduler=self.diffusion_scheduler_up, noise=x_t, text_emb=text_emb,
+            steps=num_inference_steps, generator=generator, cond=cond, denoised_fn=denoised_fn,
+            image=img2img_image(image, batch_size, size, self.device), strength=strength,
+            show_progress=show_progress, desc='GLIDE upsampler'), self._torch_memory_format)
         return dict(samples=samples)
 
     # ---------------------------------------------------- training / testing
@@ -464,235 +419,37 @@ class Glide(BaseModel):
             return torch.stack([item['image'] for item in self.predict(batch)]).float() / 127.5 - 1
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
-    def _stage(self, stage: str):
-        if stage == 'base':
-            return self.unet, self.diffusion_scheduler
-        if stage == 'upsampler':
-            if self.unet_up is None:
-                raise ValueError("train_cfg.stage='upsampler' but the model has no unet_up")
-            return self.unet_up, self.diffusion_scheduler_up
-        raise ValueError(f"train_cfg.stage must be 'base' or 'upsampler', got {stage!r}")
-
     def loss(self, batch: dict) -> Dict[str, torch.Tensor]:
         """GLIDE's hybrid training loss (eps MSE + variational bound for the
-        learned variance) on uniformly drawn timesteps of the full process,
-        with the prompt dropped to '' with probability ``caption_dropout``;
-        plus ``loss_grounding`` when ``train_cfg.grounding_weight`` > 0 and
-        ``loss_off_phrase`` when ``train_cfg.off_phrase_weight`` > 0."""
-        unet, scheduler = self._stage(self.train_cfg['stage'])
+        learned variance) of ``train_cfg.stage``'s UNet on the batch's ``img``
+        (B, 3, H, W) in [-1, 1], each prompt dropped to '' with probability
+        ``caption_dropout``; plus ``loss_<name>`` of each auxiliary loss."""
+        unet, scheduler = self._stage(self.train_cfg['stage'], 'train_cfg.stage')
         diffusion = scheduler.train_diffusion
         x0 = batch['img'].to(self.device, torch.float32)
         b = x0.shape[0]
-        prompts = list(batch['prompt'])
         drop = torch.rand(b) < self.train_cfg['caption_dropout']
-        prompts = ['' if d else p for p, d in zip(prompts, drop.tolist())]
+        prompts = ['' if d else p for p, d in zip(batch['prompt'], drop.tolist())]
         tokens, mask = self.tokenizer(prompts, device=self.device)
-        t = self.sample_train_timesteps(b, diffusion.num_timesteps)
+        t = self.timestep_sampler(b, diffusion.num_timesteps, self.device)
         noise = self.train_noise(x0)
         x_t = diffusion.q_sample(x0, t, noise)
         cond = {}
         if unet is self.unet_up:
             cond['low_res'] = quantize_8bit(batch['low_res'].to(self.device, torch.float32))
-        grounding, off_phrase = self.train_cfg['grounding_weight'], self.train_cfg['off_phrase_weight']
-        with (recorded_text_attention(unet, self.train_cfg['grounding_sides']) if grounding or off_phrase
-              else contextlib.nullcontext()) as attention:
+        with contextlib.ExitStack() as stack:
+            observed = [stack.enter_context(aux.watch(unet)) for aux in self.aux_losses]
             out = unet(x_t, t, tokens, mask, **cond)
         losses = diffusion.training_losses(out.float(), x0, x_t, t, noise,
-                                           pixel_weights=self.pixel_weights(x0, batch.get('kind_mask')))
-        mse = losses['mse'] * self.mse_weights(diffusion.inverse_snr(t, b).to(self.device))
+                                           pixel_weights=pixel_weight(self.pixel_weights, x0, batch))
+        mse = losses['mse']
+        if self.mse_weight is not None:
+            mse = mse * self.mse_weight(diffusion.inverse_snr(t, b).to(self.device))
         result = dict(loss_mse=mse.mean(), loss_vb=losses['vb'].mean())
         keep = ~drop.to(self.device)
-        if self.train_cfg['grounding_max_timestep'] is not None:
-            keep = keep & (t <= self.train_cfg['grounding_max_timestep'])
-        if grounding:
-            result['loss_grounding'] = grounding * self.grounding_loss(attention, batch, keep)
-        if off_phrase:
-            result['loss_off_phrase'] = off_phrase * self.off_phrase_loss(attention, batch, keep, mask)
+        for aux, seen in zip(self.aux_losses, observed):
+            result[f'loss_{aux.name}'] = aux.weight * aux(AuxLossInputs(batch, t, keep, mask, seen))
         return result
-
-    def off_phrase_loss(self, attention: List[tuple], batch: dict, keep: torch.Tensor,
-                        token_mask: torch.Tensor) -> torch.Tensor:
-        """The mean :func:`~.grounding.off_phrase_attention_loss` of the
-        objects of ``batch['grounding_tokens']`` ((B, S, W) text positions)
-        on the region of each object's last word in ``batch['grounding_masks']``
-        (B, S, W, R, R) (the shape's box with ``ShapesDataset(grounding=True,
-        grounding_kind_region='box')``, whose last word is the kind word); over
-        the rows ``keep`` (as for :meth:`grounding_loss`), the objects and the
-        recorded ``attention``; ``token_mask`` (B, T) marks the caption's
-        tokens. Not in GLIDE: see the ``grounding`` module for why.
-        """
-        self._check_grounding_batch(batch, attention, 'off_phrase_weight')
-        masks = batch['grounding_masks']
-        if masks.dim() != 5:
-            raise ValueError("train_cfg.off_phrase_weight > 0 needs a region per word in 'grounding_masks' "
-                             f'(B, S, W, R, R), e.g. ShapesDataset(grounding_kind_region=\'box\'); got '
-                             f'{tuple(masks.shape)}')
-        positions = batch['grounding_tokens'].to(self.device)
-        boxes = masks[:, :, -1].to(self.device)
-        return self._mean_over_blocks(
-            attention, keep, lambda weights: off_phrase_attention_loss(weights, positions, boxes, token_mask))
-
-    @staticmethod
-    def _mean_over_blocks(attention: List[tuple], keep: torch.Tensor, block_loss: Callable) -> torch.Tensor:
-        """The mean over the recorded ``attention`` blocks of the loss
-        ``block_loss(weights)`` returns with its ``valid`` mask (both (B, ...)),
-        each averaged over its valid entries in the rows ``keep`` (B,) bool."""
-        total = 0.
-        for _, weights in attention:
-            loss, valid = block_loss(weights)
-            valid = valid & keep.to(valid.device).view(-1, *[1] * (valid.dim() - 1))
-            total = total + (loss * valid).sum() / valid.sum().clamp(min=1)
-        return total / len(attention)
-
-    def _check_grounding_batch(self, batch: dict, attention: List[tuple], weight: str) -> None:
-        """Errors that name what a grounding loss (``train_cfg.<weight>`` > 0) lacks."""
-        missing = [k for k in ('grounding_tokens', 'grounding_masks') if k not in batch]
-        if missing:
-            raise ValueError(f"train_cfg.{weight} > 0 needs {' and '.join(map(repr, missing))} in "
-                             'the batch, e.g. from ShapesDataset(grounding=True)')
-        if not attention:
-            raise ValueError(f'train_cfg.{weight} > 0 needs text attention blocks; the UNet has '
-                             f"none on feature maps of the sides {self.train_cfg['grounding_sides']}")
-
-    def grounding_loss(self, attention: List[tuple], batch: dict, keep: torch.Tensor) -> torch.Tensor:
-        """The mean :func:`~.grounding.token_grounding_loss` of the words
-        ``batch['grounding_tokens']`` ((B, S, W) text positions, -1 for none)
-        on their objects' coverage ``batch['grounding_masks']`` (B, S, R, R),
-        or on a region per word (B, S, W, R, R) (e.g. from
-        ``ShapesDataset(grounding=True)``: the colour and kind word of each
-        shape and its coverage; with ``grounding_kind_region='box'`` the kind
-        word on the shape's bounding box), over the rows ``keep`` (B,) bool (the
-        prompts not dropped, at timesteps up to
-        ``train_cfg.grounding_max_timestep`` if that is set), the words and
-        the ``attention`` recorded by
-        :func:`~.grounding.recorded_text_attention` (every text attention
-        block alike, on feature maps of the sides ``train_cfg.grounding_sides``;
-        None: all). Not in GLIDE: see the ``grounding`` module for why.
-        """
-        self._check_grounding_batch(batch, attention, 'grounding_weight')
-        positions = batch['grounding_tokens'].to(self.device)
-        masks = batch['grounding_masks'].to(self.device)
-        return self._mean_over_blocks(attention, keep,
-                                      lambda weights: token_grounding_loss(weights, positions, masks))
-
-    def train_noise(self, x0: torch.Tensor) -> torch.Tensor:
-        """The training noise for images ``x0`` (B, C, H, W): white noise,
-        plus ``train_cfg.offset_noise`` times one standard normal draw per
-        image and channel, constant over the pixels ("offset noise",
-        Guttenberg 2023), plus ``train_cfg.coarse_noise`` times a standard
-        normal (B, C, g, g) grid (g = ``train_cfg.coarse_noise_grid``)
-        upsampled bilinearly to H x W (one level of the "pyramid noise" of
-        Whitaker 2023).
-
-        Why: with white noise the mean of ``x_t`` over H*W pixels carries the
-        mean of ``x0`` with only 1/sqrt(H*W) of noise, so a model can read an
-        image's overall colour from ``x_t`` at every timestep but the last
-        ~1% and has no reason to take it from the text; sampling starts from
-        a colour-neutral ``x_T`` and keeps whatever colour the first steps
-        guess. The offset hides that mean at high noise, so only the prompt
-        can supply it. The coarse grid does the same for the layout: a
-        shape-sized blob in ``x_t`` is no evidence of a shape at high noise,
-        so where things go has to come from the prompt rather than from
-        chance blobs of the starting noise. Sampling is unchanged (white
-        ``x_T``).
-        """
-        noise = torch.randn_like(x0)
-        offset = self.train_cfg['offset_noise']
-        if offset > 0:
-            noise = noise + offset * torch.randn(*x0.shape[:2], 1, 1, device=x0.device,
-                                                 dtype=x0.dtype)
-        coarse = self.train_cfg['coarse_noise']
-        if coarse > 0:
-            grid = self.train_cfg['coarse_noise_grid']
-            low = torch.randn(*x0.shape[:2], grid, grid, device=x0.device, dtype=x0.dtype)
-            noise = noise + coarse * F.interpolate(low, size=x0.shape[-2:], mode='bilinear',
-                                                   align_corners=False)
-        return noise
-
-    def pixel_weights(self, x0: torch.Tensor,
-                      kind_mask: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """(B, 1, H, W) per-pixel weights of the eps MSE for images ``x0``
-        (B, C, H, W) in [-1, 1]: None (every pixel alike, GLIDE) unless
-        ``train_cfg.foreground_weight`` = w > 0 or ``train_cfg.kind_weight``
-        = k > 0, then ``1 + w * foreground + k * kind_mask``.
-
-        ``kind_mask`` (B, 1, H, W) in [0, 1] (needed when k > 0; the batch
-        key of that name, e.g. from ``ShapesDataset(kind_mask=True)``) marks
-        the pixels whose colour depends on which kind of shape is drawn
-        (``render_kind_mask``). With the foreground weight alone, a square
-        drawn for a circle is wrong only on background pixels of weight 1,
-        and the model learned to draw the named kinds but not which shape
-        gets which; 2,400 iterations with k = 5 did not teach that either
-        (docs/default_model.md, "Why the class lags").
-
-        The background is the per-channel median of the image's border
-        pixels; a pixel is foreground where any channel differs from it by
-        more than 0.1 (about 13 levels of 255). Meant for flat-background
-        data like the shapes world, whose objects cover 2-30% of the image:
-        unweighted, a wrong shape colour costs so little beside the
-        background that the loss barely asks the text for it.
-        """
-        weight, kind_weight = self.train_cfg['foreground_weight'], self.train_cfg['kind_weight']
-        if not weight and not kind_weight:
-            return None
-        weights = torch.ones_like(x0[:, :1])
-        if kind_weight:
-            if kind_mask is None:
-                raise ValueError("train_cfg.kind_weight > 0 needs a 'kind_mask' (B, 1, H, W) in the "
-                                 'batch, e.g. from ShapesDataset(kind_mask=True)')
-            if kind_mask.shape != weights.shape:
-                raise ValueError(f'kind_mask must be {tuple(weights.shape)} (B, 1, H, W) like the '
-                                 f'images, got {tuple(kind_mask.shape)}')
-            weights = weights + kind_weight * kind_mask.to(weights)
-        if not weight:
-            return weights
-        border = torch.cat([x0[..., 0, :], x0[..., -1, :], x0[..., 1:-1, 0], x0[..., 1:-1, -1]],
-                           dim=-1)
-        background = border.median(dim=-1).values[..., None, None]  # (B, C, 1, 1)
-        foreground = ((x0 - background).abs() > 0.1).any(dim=1, keepdim=True)
-        return weights + weight * foreground.to(x0.dtype)
-
-    def mse_weights(self, inverse_snr: torch.Tensor) -> torch.Tensor:
-        """(B,) weights of the eps MSE for rows with ``1 / SNR(t)`` given
-        (``GaussianDiffusion.inverse_snr``): all ones (GLIDE) unless
-        ``train_cfg.max_mse_weight`` is set, then
-        ``min(max(1, 1 / SNR), max_mse_weight)``.
-
-        Since ``|eps - eps_hat|^2 = SNR * |x0 - x0_hat|^2``, the plain eps MSE
-        hardly penalises a wrong x0 where the SNR is small, which is exactly
-        where the text must decide colours and layout. ``max(1, 1/SNR)`` is
-        the "truncated SNR" weighting of Salimans & Ho 2022 (Progressive
-        Distillation): x0 MSE where SNR < 1, eps MSE elsewhere; the cap keeps
-        the last few timesteps (SNR down to 1e-9 on the cosine schedule)
-        from dominating.
-        """
-        cap = self.train_cfg['max_mse_weight']
-        if cap is None:
-            return torch.ones_like(inverse_snr)
-        return inverse_snr.clamp(min=1, max=float(cap))
-
-    def sample_train_timesteps(self, batch_size: int, num_timesteps: int) -> torch.Tensor:
-        """(B,) training timesteps: uniform on [0, T) (GLIDE), except that with
-        probability ``train_cfg.high_noise_prob`` a row is drawn uniformly
-        from [``high_noise_from``, T) instead.
-
-        Why: on images whose content is mostly low-frequency (flat colours,
-        like the shapes world), ``x_t`` itself reveals the colours and the
-        layout at all but the noisiest timesteps (the mean of 4096 pixels
-        averages the noise away), so only the last few percent of the cosine
-        schedule need the text and uniform timesteps give the text pathway
-        little to learn from. Drawing more high-noise timesteps reweights
-        the denoising objective towards the steps that decide the
-        composition (the noise-schedule observations of Hoogeboom et al.
-        2023, "simple diffusion", and Chen 2023, "On the importance of noise
-        scheduling for diffusion models"). Sampling is unchanged.
-        """
-        t = torch.randint(0, num_timesteps, (batch_size,), device=self.device)
-        prob, start = self.train_cfg['high_noise_prob'], self.train_cfg['high_noise_from']
-        if prob > 0:
-            high = torch.randint(start, num_timesteps, (batch_size,), device=self.device)
-            t = torch.where(torch.rand(batch_size, device=self.device) < prob, high, t)
-        return t
 
     def predict(self, batch: dict) -> List[dict]:
         """Sample one image per prompt with per-item seeds.
@@ -700,9 +457,10 @@ class Glide(BaseModel):
         Each item's start noise comes from its own seed (``seed``, else
         ``index``, else its row), so results do not depend on batching or on
         how a prompt set is split across processes. Sampling options come
-        from ``test_cfg``; with ``test_cfg.upsample_given_low_res=True`` the
-        base stage is skipped and the upsampler upsamples the batch's
-        ``low_res`` images (to score the upsampler alone against references).
+        from ``test_cfg`` over ``SAMPLING_DEFAULTS``; with
+        ``test_cfg.upsample_given_low_res=True`` the base stage is skipped
+        and the upsampler upsamples the batch's ``low_res`` images (to score
+        the upsampler alone against references).
 
         Returns:
             list[dict]: per item ``prompt``, ``seed``, ``image`` (3, H, W)
@@ -721,14 +479,15 @@ class Glide(BaseModel):
                 for s in seeds]).to(self.device) * scale
 
         if self.unet_up is not None:
-            cfg['init_image_up'] = noise(self.unet_up.image_size, 1, cfg.get('upsample_temp', 0.997))
+            cfg['init_image_up'] = noise(self.unet_up.image_size, 1,
+                                         cfg.get('upsample_temp', SAMPLING_DEFAULTS['upsample_temp']))
         if given_low_res:
             if self.unet_up is None or 'low_res' not in batch:
                 raise ValueError('test_cfg.upsample_given_low_res needs a model with an upsampler '
                                  'and a test set that provides low_res images')
             low_res = batch['low_res'].to(self.device, torch.float32)
             result = self.infer_up(low_res, b, cfg['init_image_up'], prompts,
-                                   cfg.get('num_inference_steps_up', 'fast27'),
+                                   cfg.get('num_inference_steps_up', SAMPLING_DEFAULTS['num_inference_steps_up']),
                                    cfg.get('show_progress', False))
             result['low_res'] = quantize_8bit(low_res)
         else:
@@ -745,4 +504,3 @@ class Glide(BaseModel):
                 item['low_res_image'] = low[i]
             items.append(item)
         return items
-

@@ -16,7 +16,7 @@ openai's checkpoints convert by renaming only.
 
 All tensors are NCHW; images live in [-1, 1].
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from mmagic.registry import MODELS
 
+from .attention import TextAttentionBlock
 from .layers import FP32GroupNorm, FP32LayerNorm, cast_except_norms, timestep_embedding
 from .text_transformer import TextTransformer
 
@@ -101,87 +102,6 @@ class ResBlock(nn.Module):
             h = self.conv_1(x)
         h = self.conv_2(self.norm_with_embedding(h, emb))
         return self.shortcut(x) + h
-
-
-class TextAttentionBlock(nn.Module):
-    """Spatial self-attention whose keys/values are prefixed by text keys/values.
-
-    ``qkv`` is head-interleaved (per head ``[q | k | v]``, ADM's legacy order)
-    and ``encoder_kv`` per head ``[k | v]``; the text positions come first.
-    Uses ``scaled_dot_product_attention`` (same maths as GLIDE's einsum with
-    the fp32 softmax, fused on GPUs).
-
-    Args:
-        channels (int): feature channels.
-        num_head_channels (int): channels per head; -1 to use ``num_heads``.
-        num_heads (int): number of heads when ``num_head_channels`` is -1.
-        encoder_channels (int | None): text width; None for no text.
-        position_size (int | None): side of the (square) feature map for a
-            learned position embedding ``position_embedding`` (channels, side,
-            side), added to the normalised features before ``qkv``; None (GLIDE)
-            for none. It starts at zero, so a block gains it without changing
-            its output.
-    """
-
-    def __init__(self, channels: int, num_head_channels: int = 64, num_heads: int = 1,
-                 encoder_channels: Optional[int] = None, position_size: Optional[int] = None):
-        super().__init__()
-        if num_head_channels == -1:
-            self.num_heads = num_heads
-        else:
-            if channels % num_head_channels:
-                raise ValueError(f'{channels} channels are not divisible by {num_head_channels} '
-                                 'channels per head')
-            self.num_heads = channels // num_head_channels
-        self.norm = _group_norm(channels)
-        self.qkv = nn.Conv1d(channels, channels * 3, 1)
-        if encoder_channels is not None:
-            self.encoder_kv = nn.Conv1d(encoder_channels, channels * 2, 1)
-        self.proj_out = nn.Conv1d(channels, channels, 1)
-        if position_size is not None:
-            self.position_embedding = nn.Parameter(torch.zeros(channels, position_size, position_size))
-
-    def _queries_keys_values(self, x: torch.Tensor, text_states: Optional[torch.Tensor]):
-        """q (B, heads, H*W, ch) and k, v (B, heads, T + H*W, ch), the text
-        positions first (T = 0 without text)."""
-        b, c, *spatial = x.shape
-        heads = self.num_heads
-        h = self.norm(x)
-        if hasattr(self, 'position_embedding'):
-            if tuple(spatial) != self.position_embedding.shape[1:]:
-                raise ValueError(f'this attention block has a position embedding for '
-                                 f'{tuple(self.position_embedding.shape[1:])} features, got {tuple(spatial)}')
-            h = h + self.position_embedding.to(h.dtype)
-        qkv = self.qkv(h.reshape(b, c, -1))
-        q, k, v = qkv.reshape(b, heads, 3 * c // heads, -1).transpose(2, 3).split(c // heads, dim=3)
-        if text_states is not None:
-            kv = self.encoder_kv(text_states).reshape(b, heads, 2 * c // heads, -1).transpose(2, 3)
-            ek, ev = kv.split(c // heads, dim=3)
-            k = torch.cat([ek, k], dim=2)
-            v = torch.cat([ev, v], dim=2)
-        return q, k, v
-
-    def forward(self, x: torch.Tensor, text_states: Optional[torch.Tensor]) -> torch.Tensor:
-        """x: (B, C, H, W); text_states: (B, text_width, T) or None."""
-        b, c, *spatial = x.shape
-        q, k, v = self._queries_keys_values(x, text_states)
-        # fused kernels need unit stride on the channel axis
-        h = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
-        h = self.proj_out(h.transpose(2, 3).reshape(b, c, -1))
-        return x + h.reshape(b, c, *spatial)
-
-    def attention_weights(self, x: torch.Tensor, text_states: Optional[torch.Tensor]) -> torch.Tensor:
-        """The weights ``forward`` mixes the values with, for analysis:
-        (B, heads, H*W, T + H*W), each pixel's softmax over the T text
-        positions, then the pixels; computed in float32."""
-        q, k, _ = self._queries_keys_values(x, text_states)
-        return self.weights_from(q, k)
-
-    @staticmethod
-    def weights_from(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """The float32 softmax weights (B, heads, N, K) of queries q (B,
-        heads, N, ch) over keys k (B, heads, K, ch), as ``forward`` uses them."""
-        return (q.float() @ k.float().transpose(2, 3) / q.shape[-1] ** 0.5).softmax(dim=-1)
 
 
 class TimeEmbedding(nn.Module):
@@ -374,6 +294,28 @@ class Text2ImUNet(nn.Module):
     def dtype(self) -> torch.dtype:
         """Compute dtype of the convolutions and linear layers."""
         return self.token_embedding.weight.dtype
+
+    # -------------------------------------------------------------- attention
+    def text_attention_blocks(self) -> Dict[str, TextAttentionBlock]:
+        """The text attention blocks by module path (``'mid_blocks.1'``, ...), in forward order."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, TextAttentionBlock)}
+
+    @property
+    def attn_processors(self) -> Dict[str, Callable]:
+        """Each text attention block's processor, by module path."""
+        return {name: block.processor for name, block in self.text_attention_blocks().items()}
+
+    def set_attn_processor(self, processor: Union[Callable, Dict[str, Callable]]) -> None:
+        """Give every text attention block ``processor``, or each block its
+        entry of a dict keyed like :attr:`attn_processors` (all blocks)."""
+        blocks = self.text_attention_blocks()
+        if isinstance(processor, dict):
+            missing, unknown = sorted(set(blocks) - set(processor)), sorted(set(processor) - set(blocks))
+            if missing or unknown:
+                raise ValueError(f'set_attn_processor needs one processor per text attention block: '
+                                 f'missing {missing}, unknown {unknown}')
+        for name, block in blocks.items():
+            block.processor = processor[name] if isinstance(processor, dict) else processor
 
     # ------------------------------------------------------------------- text
     def encode_text(self, tokens: torch.Tensor, mask: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -1,12 +1,9 @@
 """DDIM sampling for GLIDE (Song et al. 2021, "Denoising Diffusion Implicit
 Models"), with the update rule of openai's guided-diffusion / glide-text2im
 ``ddim_sample`` (MIT licence); the math lives in ``gaussian.py``."""
-from typing import Optional, Union
-
-import torch
 from mmagic.registry import DIFFUSION_SCHEDULERS
 
-from .gaussian import DenoisedFn, GlideSchedulerBase, GlideSchedulerOutput
+from .scheduler_base import GlideSchedulerBase
 
 
 @DIFFUSION_SCHEDULERS.register_module()
@@ -23,8 +20,14 @@ class GlideDDIMScheduler(GlideSchedulerBase):
 
     Each step takes the x0 prediction (``denoised_fn`` applied, clamped to
     [-1, 1] unless ``clip_sample`` is off), re-derives eps from it and moves
-    to the previous kept timestep; the last step (original timestep of index 0) returns x0.
+    to the previous kept timestep; the last step (original timestep of index
+    0) returns x0. Noise is drawn only when ``eta != 0``; the variance
+    channels of the model output are ignored. With a ``cond_fn`` (CLIP
+    guidance) the clipped x0 is score-shifted (``condition_score``, not
+    clipped again) before eps is re-derived from it.
     """
+
+    supports_cond_fn = True
 
     def __init__(self,
                  num_train_timesteps: int = 1000,
@@ -34,39 +37,11 @@ class GlideDDIMScheduler(GlideSchedulerBase):
         self.eta = float(eta)
         super().__init__(num_train_timesteps, beta_schedule, clip_sample)
 
-    def step(self,
-             model_output: torch.Tensor,
-             timestep: Union[int, torch.Tensor],
-             sample: torch.Tensor,
-             generator: Optional[torch.Generator] = None,
-             denoised_fn: DenoisedFn = None,
-             noise: Optional[torch.Tensor] = None,
-             clip_denoised: Optional[bool] = None) -> GlideSchedulerOutput:
-        """One DDIM step.
-
-        Args:
-            model_output: (B, 2C, H, W) (eps + variance values; the variance
-                channels are ignored) or (B, C, H, W) eps.
-            timestep: ORIGINAL timestep (int, 0-d or (B,) tensor), one of
-                ``self.timesteps``.
-            sample: x_t, (B, C, H, W).
-            generator: for the noise when ``eta != 0``.
-            denoised_fn: applied to the x0 prediction before clamping.
-            noise: explicit noise instead of drawing it (eta != 0 only).
-            clip_denoised: clamp x0 to [-1, 1]; None (default) -> the
-                scheduler's ``clip_sample`` (GLIDE: True).
-        """
-        idx = self.index_for_timestep(timestep, sample.shape[0])
+    def _update(self, model_output, sample, index, timestep, *, generator, noise, clip_denoised,
+                denoised_fn, cond_fn=None):
         if self.eta != 0:
             noise = self._noise(sample, generator, noise)
-        out = self.diffusion.ddim_sample(
-            model_output,
-            sample,
-            idx,
-            eta=self.eta,
-            noise=noise,
-            clip_denoised=self._clip(clip_denoised),
-            denoised_fn=denoised_fn)
-        return GlideSchedulerOutput(
-            prev_sample=out['sample'].to(sample.dtype),
-            pred_xstart=out['pred_xstart'].to(sample.dtype))
+        out = self.diffusion.ddim_sample(model_output, sample, index, eta=self.eta, noise=noise,
+                                         clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                                         cond_fn=cond_fn)
+        return out['sample'], out['pred_xstart']

@@ -2,12 +2,9 @@
 (Ho et al. 2020; Nichol & Dhariwal 2021), following openai's guided-diffusion
 / glide-text2im ``p_sample`` (MIT licence); the math lives in
 ``gaussian.py``."""
-from typing import Optional, Union
-
-import torch
 from mmagic.registry import DIFFUSION_SCHEDULERS
 
-from .gaussian import DenoisedFn, GlideSchedulerBase, GlideSchedulerOutput
+from .scheduler_base import GlideSchedulerBase
 
 
 @DIFFUSION_SCHEDULERS.register_module()
@@ -23,41 +20,16 @@ class GlideDDPMScheduler(GlideSchedulerBase):
     The model must output 2C channels (eps, then learned-range variance
     values in [-1, 1]).  Noise is drawn at every step, the last one included
     (where it is multiplied by 0), so a seeded global RNG follows the same
-    stream as the reference's ``p_sample_loop``.
+    stream as the reference's ``p_sample_loop``. With a ``cond_fn`` (CLIP
+    guidance) the mean is shifted by variance x gradient (``condition_mean``).
     """
 
-    def step(self,
-             model_output: torch.Tensor,
-             timestep: Union[int, torch.Tensor],
-             sample: torch.Tensor,
-             generator: Optional[torch.Generator] = None,
-             denoised_fn: DenoisedFn = None,
-             noise: Optional[torch.Tensor] = None,
-             clip_denoised: Optional[bool] = None) -> GlideSchedulerOutput:
-        """One ancestral step.
+    supports_cond_fn = True
 
-        Args:
-            model_output: (B, 2C, H, W) eps + variance values.
-            timestep: ORIGINAL timestep (int, 0-d or (B,) tensor), one of
-                ``self.timesteps``.
-            sample: x_t, (B, C, H, W).
-            generator: for the noise, drawn with
-                ``torch.randn(shape, generator=generator, device=sample.device,
-                dtype=sample.dtype)``.
-            denoised_fn: applied to the x0 prediction before clamping.
-            noise: explicit noise instead of drawing it.
-            clip_denoised: clamp x0 to [-1, 1]; None (default) -> the
-                scheduler's ``clip_sample`` (GLIDE: True).
-        """
-        idx = self.index_for_timestep(timestep, sample.shape[0])
+    def _update(self, model_output, sample, index, timestep, *, generator, noise, clip_denoised,
+                denoised_fn, cond_fn=None):
         noise = self._noise(sample, generator, noise)
-        out = self.diffusion.p_sample(
-            model_output,
-            sample,
-            idx,
-            noise=noise,
-            clip_denoised=self._clip(clip_denoised),
-            denoised_fn=denoised_fn)
-        return GlideSchedulerOutput(
-            prev_sample=out['sample'].to(sample.dtype),
-            pred_xstart=out['pred_xstart'].to(sample.dtype))
+        out = self.diffusion.p_sample(model_output, sample, index, noise=noise,
+                                      clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                                      cond_fn=cond_fn)
+        return out['sample'], out['pred_xstart']

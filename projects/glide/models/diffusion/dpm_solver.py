@@ -34,14 +34,14 @@ End of the trajectory (our choice, documented here):
 All schedule coefficients are computed in float64 and applied as Python
 floats.
 """
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch
 from mmagic.registry import DIFFUSION_SCHEDULERS
 
-from .gaussian import (DenoisedFn, GaussianDiffusion, GlideSchedulerBase,
-                       GlideSchedulerOutput)
+from .gaussian import GaussianDiffusion
+from .scheduler_base import GlideSchedulerBase
 
 
 @DIFFUSION_SCHEDULERS.register_module()
@@ -61,7 +61,8 @@ class GlideDPMSolverScheduler(GlideSchedulerBase):
     ``self.timesteps[0]``) always begins first order; the step into the
     smallest kept timestep is first order too (see the module docstring).
     The sampler is deterministic; ``generator`` and ``noise`` are accepted
-    for API parity with the other GLIDE schedulers and unused.
+    for API parity with the other GLIDE schedulers and unused. Guidance
+    (``cond_fn``, CLIP guidance) is not supported: ``step`` raises ValueError.
     """
 
     def _install(self, diffusion: GaussianDiffusion, device) -> None:
@@ -75,35 +76,14 @@ class GlideDPMSolverScheduler(GlideSchedulerBase):
         self._prev_x0: Optional[torch.Tensor] = None
         self._prev_index: Optional[int] = None
 
-    def step(self,
-             model_output: torch.Tensor,
-             timestep: Union[int, torch.Tensor],
-             sample: torch.Tensor,
-             generator: Optional[torch.Generator] = None,
-             denoised_fn: DenoisedFn = None,
-             noise: Optional[torch.Tensor] = None,
-             clip_denoised: Optional[bool] = None) -> GlideSchedulerOutput:
-        """One DPM-Solver++(2M) step.
-
-        Args:
-            model_output: (B, 2C, H, W) or (B, C, H, W); only the eps
-                channels are used.
-            timestep: ORIGINAL timestep (int, 0-d or (B,) tensor with equal
-                entries), one of ``self.timesteps``.
-            sample: x_t, (B, C, H, W).
-            generator: unused (deterministic sampler).
-            noise: unused (deterministic sampler).
-            denoised_fn: applied to the x0 prediction before clamping.
-            clip_denoised: clamp x0 to [-1, 1]; None (default) -> the
-                scheduler's ``clip_sample`` (GLIDE: True).
-        """
-        idx = self.index_for_timestep(timestep, sample.shape[0])
-        i = int(idx[0])
-        if not bool((idx == i).all()):
+    def _update(self, model_output, sample, index, timestep, *, generator, noise, clip_denoised,
+                denoised_fn, cond_fn=None):
+        i = int(index[0])
+        if not bool((index == i).all()):
             raise ValueError('GlideDPMSolverScheduler needs the same '
                              'timestep for the whole batch.')
-        x0 = self.diffusion.pred_xstart(model_output, sample, idx,
-                                        self._clip(clip_denoised), denoised_fn)
+        x0 = self.diffusion.pred_xstart(model_output, sample, index,
+                                        clip_denoised, denoised_fn)
         x = sample.to(x0.dtype)
         if i == 0:
             prev = x0
@@ -123,6 +103,4 @@ class GlideDPMSolverScheduler(GlideSchedulerBase):
                     float(self._alpha[j] * np.expm1(-h)) * d)
         self._prev_x0 = x0
         self._prev_index = i
-        return GlideSchedulerOutput(
-            prev_sample=prev.to(sample.dtype),
-            pred_xstart=x0.to(sample.dtype))
+        return prev, x0

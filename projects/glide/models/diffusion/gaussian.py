@@ -20,10 +20,9 @@ openai's guided-diffusion / glide-text2im ``GaussianDiffusion`` and
 Half-precision inputs are computed in float32 (the reference promotes them
 the same way); float32 and float64 inputs keep their dtype.
 
-The schedulers in ``ddim.py``, ``ddpm.py`` and ``dpm_solver.py`` are thin
-wrappers built on :class:`GlideSchedulerBase` below.
+The schedulers (``scheduler_base.py`` and the samplers beside it) step
+through these processes.
 """
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -34,6 +33,8 @@ from .schedules import (RespacingSpec, get_named_beta_schedule,
 
 DenoisedFn = Optional[Callable[[torch.Tensor], torch.Tensor]]
 IndexLike = Union[int, torch.Tensor, Sequence[int]]
+#: a guidance gradient ``cond_fn(x_t, t) -> (B, C, H, W)``, ``t`` (B,) ORIGINAL timesteps
+CondFn = Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
 
 # --------------------------------------------------------------------------
@@ -130,8 +131,7 @@ class GaussianDiffusion:
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
-        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod -
-                                                   1)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
 
         # q(x_{t-1} | x_t, x_0)
         self.posterior_variance = (
@@ -198,10 +198,14 @@ class GaussianDiffusion:
         idx = torch.as_tensor(t).long().cpu()
         return torch.from_numpy(self.timestep_map)[idx]
 
+    def _cond_fn_timesteps(self, t: IndexLike, x: torch.Tensor) -> torch.Tensor:
+        """(B,) int64 ORIGINAL timesteps of indices ``t`` on ``x``'s device: what a
+        guidance ``cond_fn`` is called with (never the respaced index)."""
+        return self.original_timesteps(self._index(t, x.shape[0])).to(x.device)
+
     @staticmethod
     def _nonzero_mask(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return (idx != 0).float().to(x.device).view(-1,
-                                                     *([1] * (x.dim() - 1)))
+        return (idx != 0).float().to(x.device).view(-1, *([1] * (x.dim() - 1)))
 
     # ------------------------------------------------------------------
     # forward process
@@ -257,11 +261,9 @@ class GaussianDiffusion:
                  pred_xstart) /
                 _extract(self.sqrt_recipm1_alphas_cumprod, idx, x_t))
 
-    def _split(self, model_output: torch.Tensor, x_t: torch.Tensor,
-               need_variance: bool):
+    def _split(self, model_output: torch.Tensor, x_t: torch.Tensor, need_variance: bool):
         B, C = x_t.shape[:2]
-        if model_output.shape[0] != B or model_output.shape[2:] != x_t.shape[
-                2:]:
+        if model_output.shape[0] != B or model_output.shape[2:] != x_t.shape[2:]:
             raise ValueError(f'model_output shape {tuple(model_output.shape)}'
                              f' does not match x_t {tuple(x_t.shape)}.')
         if model_output.shape[1] == 2 * C:
@@ -323,8 +325,7 @@ class GaussianDiffusion:
         """
         dtype = _compute_dtype(x_t.dtype)
         x_t = x_t.to(dtype)
-        eps, var_values = self._split(
-            model_output.to(dtype), x_t, need_variance=True)
+        eps, var_values = self._split(model_output.to(dtype), x_t, need_variance=True)
         idx = self._index(t, x_t.shape[0])
 
         min_log = _extract(self.posterior_log_variance_clipped, idx, x_t)
@@ -333,16 +334,11 @@ class GaussianDiffusion:
         model_log_variance = frac * max_log + (1 - frac) * min_log
         model_variance = torch.exp(model_log_variance)
 
-        pred_xstart = self._process_xstart(
-            self.predict_xstart_from_eps(x_t, idx, eps), clip_denoised,
-            denoised_fn)
-        model_mean, _, _ = self.q_posterior_mean_variance(
-            pred_xstart, x_t, idx)
-        return dict(
-            mean=model_mean,
-            variance=model_variance,
-            log_variance=model_log_variance,
-            pred_xstart=pred_xstart)
+        pred_xstart = self._process_xstart(self.predict_xstart_from_eps(x_t, idx, eps), clip_denoised,
+                                           denoised_fn)
+        model_mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, idx)
+        return dict(mean=model_mean, variance=model_variance, log_variance=model_log_variance,
+                    pred_xstart=pred_xstart)
 
     def p_sample(self,
                  model_output: torch.Tensor,
@@ -350,13 +346,24 @@ class GaussianDiffusion:
                  t: IndexLike,
                  noise: Optional[torch.Tensor] = None,
                  clip_denoised: bool = True,
-                 denoised_fn: DenoisedFn = None) -> Dict[str, torch.Tensor]:
+                 denoised_fn: DenoisedFn = None,
+                 cond_fn: CondFn = None) -> Dict[str, torch.Tensor]:
         """One ancestral step: ``mean + (t != 0) * exp(0.5 * logvar) * noise``.
+
+        With ``cond_fn`` (guidance, e.g. CLIP's), the mean is first shifted by
+        ``variance * cond_fn(x_t, original t)`` (``condition_mean``, the
+        reference's ``p_sample``); ``cond_fn`` gets the ORIGINAL timesteps
+        (``timestep_map[t]``, (B,) on x_t's device), as the respaced
+        reference wraps it. No extra noise is drawn.
 
         Returns dict(sample, pred_xstart) in the compute dtype.
         """
         out = self.p_mean_variance(model_output, x_t, t, clip_denoised,
                                    denoised_fn)
+        if cond_fn is not None:
+            from ..clip.guidance import condition_mean
+            grad = cond_fn(x_t, self._cond_fn_timesteps(t, x_t))
+            out['mean'] = condition_mean(out['mean'], out['variance'], grad).to(out['mean'].dtype)
         if noise is None:
             noise = torch.randn_like(x_t)
         noise = noise.to(out['mean'].dtype)
@@ -373,13 +380,18 @@ class GaussianDiffusion:
                     eta: float = 0.0,
                     noise: Optional[torch.Tensor] = None,
                     clip_denoised: bool = True,
-                    denoised_fn: DenoisedFn = None
+                    denoised_fn: DenoisedFn = None,
+                    cond_fn: CondFn = None
                     ) -> Dict[str, torch.Tensor]:
         """One DDIM step (Song et al. 2021) from index ``t`` to ``t - 1``.
 
         eps is re-derived from the processed (clipped) x0 prediction, as in
         the reference.  ``noise`` is only needed when ``eta != 0`` (with
         ``eta == 0`` the noise term is exactly zero, so it is not drawn).
+        With ``cond_fn`` (guidance), the clipped x0 is first replaced by the
+        score-shifted one (``condition_score`` with ``cond_fn(x_t, original
+        t)``; not clipped again), from which eps is re-derived, as the
+        reference's ``ddim_sample`` does.
         Returns dict(sample, pred_xstart) in the compute dtype.
         """
         dtype = _compute_dtype(x_t.dtype)
@@ -387,6 +399,10 @@ class GaussianDiffusion:
         idx = self._index(t, x_t.shape[0])
         pred_xstart = self.pred_xstart(model_output, x_t, idx, clip_denoised,
                                        denoised_fn)
+        if cond_fn is not None:
+            from ..clip.guidance import condition_score
+            grad = cond_fn(x_t, self._cond_fn_timesteps(idx, x_t))
+            pred_xstart = condition_score(self, x_t, idx, pred_xstart, grad)['pred_xstart'].to(dtype)
         eps = self.predict_eps_from_xstart(x_t, idx, pred_xstart)
         alpha_bar = _extract(self.alphas_cumprod, idx, x_t)
         alpha_bar_prev = _extract(self.alphas_cumprod_prev, idx, x_t)
@@ -460,146 +476,3 @@ class GaussianDiffusion:
             squared_error = squared_error * pixel_weights.to(dtype)
         mse = mean_flat(squared_error)
         return dict(mse=mse, vb=vb, loss=mse + vb)
-
-
-# --------------------------------------------------------------------------
-# scheduler plumbing shared by ddim.py / ddpm.py / dpm_solver.py
-# --------------------------------------------------------------------------
-@dataclass
-class GlideSchedulerOutput:
-    """Result of a scheduler ``step``.
-
-    Attributes:
-        prev_sample: the sample at the next (smaller) kept timestep, in the
-            input's dtype.
-        pred_xstart: the processed x0 prediction (denoised_fn applied,
-            clipped unless clipping is off), in the input's dtype.
-    """
-    prev_sample: torch.Tensor
-    pred_xstart: torch.Tensor
-
-
-class GlideSchedulerBase:
-    """Timestep bookkeeping shared by the GLIDE schedulers.
-
-    Args:
-        num_train_timesteps: T of the training process (1000 for GLIDE).
-        beta_schedule: ``'squaredcos_cap_v2'`` (GLIDE) or ``'linear'``.
-        clip_sample: clamp every x0 prediction to [-1, 1] before the update
-            (GLIDE's ``clip_denoised``, default True); ``step``'s
-            ``clip_denoised`` overrides it per call. Turning it off helps
-            flat images whose colours sit on the range ends (0 or 255): a
-            noisy x0 guess there loses only its outward errors to the clamp,
-            so the chain drifts inward (docs/default_model.md, upsampler).
-
-    After construction the scheduler covers all ``num_train_timesteps``
-    steps; :meth:`set_timesteps` respaces it.  ``timesteps`` always holds the
-    ORIGINAL timesteps (descending) that the model must be called with, and
-    ``step`` takes one of them.
-    """
-
-    init_noise_sigma = 1.0
-
-    def __init__(self,
-                 num_train_timesteps: int = 1000,
-                 beta_schedule: str = 'squaredcos_cap_v2',
-                 clip_sample: bool = True):
-        self.num_train_timesteps = num_train_timesteps
-        self.beta_schedule = beta_schedule
-        self.clip_sample = bool(clip_sample)
-        self.betas = get_named_beta_schedule(beta_schedule,
-                                             num_train_timesteps)
-        self.train_diffusion = GaussianDiffusion.from_schedule(
-            beta_schedule, num_train_timesteps)
-        self._install(self.train_diffusion, None)
-
-    def __len__(self) -> int:
-        return self.num_train_timesteps
-
-    def _install(self, diffusion: GaussianDiffusion, device) -> None:
-        self.diffusion = diffusion
-        kept = [int(t) for t in diffusion.timestep_map]
-        self.num_inference_steps = len(kept)
-        self.timesteps = torch.tensor(
-            kept[::-1], dtype=torch.long, device=device)
-        self._index_of = {t: i for i, t in enumerate(kept)}
-        self._reset_state()
-
-    def _reset_state(self) -> None:
-        """Clear per-trajectory state (multistep solvers override this)."""
-
-    def set_timesteps(self, num_inference_steps: RespacingSpec,
-                      device: Union[str, torch.device, None] = None) -> None:
-        """Respace the sampling process.
-
-        Args:
-            num_inference_steps: an int N (N evenly strided steps) or an
-                openai respacing string (``'100'``, ``'ddim25'``, ``'fast27'``,
-                ``'10,10,3,2,2'``, ...); see ``schedules.space_timesteps``.
-            device: where to put ``self.timesteps``.
-        """
-        kept = respaced_timesteps(num_inference_steps,
-                                  self.num_train_timesteps)
-        diffusion = GaussianDiffusion(
-            respace_betas(self.betas, kept), timestep_map=kept)
-        self._install(diffusion, device)
-
-    def index_for_timestep(self, timestep: Union[int, torch.Tensor],
-                           batch_size: int) -> torch.Tensor:
-        """Map ORIGINAL timestep(s) to indices of the respaced process.
-
-        Returns a CPU LongTensor of shape ``(batch_size,)``.
-        """
-        ts = torch.as_tensor(timestep).detach().cpu()
-        if ts.is_floating_point() and not torch.equal(ts, ts.round()):
-            raise ValueError(f'timestep must be an integer, got {timestep}.')
-        values = ts.long().reshape(-1).tolist()
-        if len(values) == 1:
-            values = values * batch_size
-        elif len(values) != batch_size:
-            raise ValueError(f'got {len(values)} timesteps for a batch of '
-                             f'{batch_size}.')
-        try:
-            return torch.tensor([self._index_of[v] for v in values],
-                                dtype=torch.long)
-        except KeyError as err:
-            raise ValueError(
-                f'timestep {err.args[0]} is not one of the '
-                f'{self.num_inference_steps} kept timesteps of this '
-                'scheduler; call the model with a value from '
-                '`scheduler.timesteps`.') from None
-
-    def _clip(self, clip_denoised: Optional[bool]) -> bool:
-        """``step``'s ``clip_denoised``, or ``clip_sample`` when it is None."""
-        return self.clip_sample if clip_denoised is None else bool(clip_denoised)
-
-    def scale_model_input(self, sample: torch.Tensor,
-                          timestep=None) -> torch.Tensor:
-        """Identity (GLIDE's models take x_t unscaled); diffusers parity."""
-        return sample
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,
-                  timesteps: Union[int, torch.Tensor]) -> torch.Tensor:
-        """``q_sample`` on the full training process (original timesteps)."""
-        return self.train_diffusion.q_sample(original_samples, timesteps,
-                                             noise)
-
-    @staticmethod
-    def _noise(sample: torch.Tensor, generator: Optional[torch.Generator],
-               noise: Optional[torch.Tensor]) -> torch.Tensor:
-        if noise is not None:
-            if noise.shape != sample.shape:
-                raise ValueError(f'noise shape {tuple(noise.shape)} != sample '
-                                 f'shape {tuple(sample.shape)}.')
-            return noise
-        return torch.randn(
-            sample.shape,
-            generator=generator,
-            device=sample.device,
-            dtype=sample.dtype)
-
-    def __repr__(self) -> str:
-        return (f'{type(self).__name__}(num_train_timesteps='
-                f'{self.num_train_timesteps}, beta_schedule='
-                f'{self.beta_schedule!r}, num_inference_steps='
-                f'{self.num_inference_steps})')

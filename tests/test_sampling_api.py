@@ -1,0 +1,327 @@
+"""The user-facing sampling API: options, reproducibility, bad arguments,
+precomputed text states and img2img."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope='module')
+def base_model(reference_model):
+    """The tiny reference cascade with its upsampler detached (base stage only)."""
+    import copy
+    model = copy.deepcopy(reference_model)
+    model.unet_up = model.diffusion_scheduler_up = None
+    return model
+
+
+
+def test_prompt_forms_and_shapes(base_model):
+    out = base_model.infer(prompt='a corgi', batch_size=3, num_inference_steps=2, seed=0)
+    assert out['samples'].shape == (3, 3, 64, 64)
+    assert out['samples'].min() >= -1 and out['samples'].max() <= 1
+    out = base_model.infer(prompt=['a', 'b'], num_inference_steps=2, seed=0)
+    assert out['samples'].shape == (2, 3, 64, 64)
+
+
+def test_seed_reproducible_and_prompt_sensitive(base_model):
+    a = base_model.infer(prompt='a corgi', num_inference_steps=3, seed=7)['samples']
+    b = base_model.infer(prompt='a corgi', num_inference_steps=3, seed=7)['samples']
+    c = base_model.infer(prompt='a corgi', num_inference_steps=3, seed=8)['samples']
+    d = base_model.infer(prompt='a cat', num_inference_steps=3, seed=7)['samples']
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-2 and (a - d).abs().max() > 1e-4
+    g = torch.Generator().manual_seed(7)
+    assert torch.equal(a, base_model.infer(prompt='a corgi', num_inference_steps=3, generator=g)['samples'])
+
+
+def test_negative_prompt_changes_the_unconditional_branch(base_model):
+    x_t = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    plain = base_model.infer(init_image=x_t, prompt='a corgi', num_inference_steps=3)['samples']
+    empty = base_model.infer(init_image=x_t, prompt='a corgi', negative_prompt='',
+                             num_inference_steps=3)['samples']
+    neg = base_model.infer(init_image=x_t, prompt='a corgi', negative_prompt='a cat',
+                           num_inference_steps=3)['samples']
+    assert torch.equal(plain, empty)
+    assert (plain - neg).abs().max() > 1e-4
+
+
+def test_init_image_both_halves_accepted(base_model):
+    x_t = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    one = base_model.infer(init_image=x_t[:1], prompt='a', num_inference_steps=2)['samples']
+    both = base_model.infer(init_image=x_t, prompt='a', num_inference_steps=2)['samples']
+    assert torch.equal(one, both)
+
+
+def test_integer_steps_give_exactly_n_model_calls(base_model, monkeypatch):
+    calls = []
+    unet = base_model.unet
+    original = unet.forward
+    monkeypatch.setattr(unet, 'forward', lambda *a, **k: calls.append(a[1][0].item()) or original(*a, **k))
+    base_model.infer(prompt='a', num_inference_steps=27, seed=0)
+    assert len(calls) == 27 and calls == sorted(calls, reverse=True)
+    calls.clear()
+    base_model.infer(prompt='a', num_inference_steps='10,5', seed=0)
+    assert len(calls) == 15
+
+
+def test_sampler_override(base_model):
+    x_t = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    run = lambda **kw: base_model.infer(init_image=x_t, prompt='a corgi', num_inference_steps=10,
+                                        **kw)['samples']
+    default = run()
+    assert torch.equal(run(sampler='ddim'), default)
+    assert torch.equal(run(sampler=dict(type='GlideDDIMScheduler', eta=0.)), default)
+    dpm = run(sampler='dpmsolver++')
+    assert dpm.shape == default.shape and (dpm - default).abs().max() > 1e-4
+    g = lambda: torch.Generator().manual_seed(0)
+    ddpm = run(sampler='ddpm', generator=g())
+    assert torch.equal(ddpm, run(sampler='ddpm', generator=g()))
+    assert (ddpm - default).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        run(sampler='euler')
+
+
+def test_progress_bar_per_stage(reference_model, capsys):
+    reference_model.infer(prompt='a', num_inference_steps=2, num_inference_steps_up=2,
+                          show_progress=True, seed=0)
+    err = capsys.readouterr().err
+    assert 'GLIDE base' in err and 'GLIDE upsampler' in err
+
+
+def test_cascade_and_infer_up(reference_model):
+    out = reference_model.infer(prompt='a corgi', batch_size=2, num_inference_steps=2,
+                                num_inference_steps_up=2, seed=0)
+    assert out['samples'].shape == (2, 3, 256, 256) and out['low_res'].shape == (2, 3, 64, 64)
+    up = reference_model.infer_up(out['low_res'], prompt='a corgi', num_inference_steps=2, seed=0)
+    assert up['samples'].shape == (2, 3, 256, 256)
+    # upsample_temp scales drawn noise: temp 0 starts from x_T = 0 exactly
+    zero = reference_model.infer_up(out['low_res'], prompt='a corgi', num_inference_steps=2,
+                                    upsample_temp=0.0, seed=0)['samples']
+    verbatim = reference_model.infer_up(out['low_res'], 2, torch.zeros(2, 3, 256, 256), 'a corgi',
+                                        2)['samples']
+    assert torch.allclose(zero, verbatim)
+
+
+@pytest.mark.parametrize('kwargs,error,message', [
+    (dict(prompt=3), TypeError, 'prompt must be a str or a list of str, got int'),
+    (dict(prompt=[]), ValueError, 'prompt is an empty list'),
+    (dict(prompt=['a', 2]), TypeError, 'prompt must hold only str, found int'),
+    (dict(prompt=['a', 'b'], batch_size=3), ValueError, 'prompt has 2 entries but batch_size is 3'),
+    (dict(prompt='a', batch_size=0), ValueError, 'batch_size must be a positive int'),
+    (dict(prompt='a', negative_prompt=['x', 'y']), ValueError,
+     'negative_prompt has 2 entries but batch_size is 1'),
+    (dict(prompt='a', num_inference_steps='fast10'), ValueError, 'fast10'),
+    (dict(prompt='a', num_inference_steps='abc'), ValueError, 'abc'),
+    (dict(prompt='a', init_image=torch.zeros(1, 3, 32, 32)), ValueError,
+     r'init_image must have shape \(1, 3, 64, 64\)'),
+    (dict(prompt='a', init_image=[0.]), TypeError, 'init_image must be a tensor'),
+    (dict(prompt='a', classifier_scale=1.), ValueError, r'model\.clip'),
+    (dict(prompt='a', labels=torch.tensor([0])), ValueError, 'labels is not supported'),
+    (dict(prompt='a', classifier_scale=-1.), ValueError, 'classifier_scale'),
+    (dict(prompt='a', seed=1, generator=torch.Generator()), ValueError, 'not both'),
+    (dict(prompt='a', inpaint_image=torch.zeros(1, 3, 64, 64)), ValueError, 'given together'),
+])
+def test_bad_arguments(base_model, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        base_model.infer(**{"num_inference_steps": 2, **kwargs})
+
+
+def test_infer_up_needs_an_upsampler(base_model):
+    with pytest.raises(RuntimeError, match='no upsampler'):
+        base_model.infer_up(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize('image,mask,message', [
+    (torch.zeros(1, 3, 64, 64), torch.ones(1, 1, 32, 32), 'must have the same size'),
+    (torch.zeros(1, 4, 64, 64), torch.ones(1, 1, 64, 64), 'drop an alpha channel'),
+    (torch.full((1, 3, 64, 64), 2.), torch.ones(1, 1, 64, 64), r'must be in \[-1, 1\]'),
+    (torch.zeros(3, 3, 64, 64), torch.ones(1, 1, 64, 64), 'batch 3, expected 1 or 1'),
+])
+def test_bad_inpainting_inputs(base_model, image, mask, message):
+    with pytest.raises(ValueError, match=message):
+        base_model.infer(prompt='a', num_inference_steps=2, inpaint_image=image, inpaint_mask=mask)
+
+
+def test_training_free_inpainting_keeps_the_known_region(base_model):
+    """With a text2im model, every predicted x0 takes the source in the kept
+    region; the final DDIM step returns that x0, so the kept pixels equal the source."""
+    source = torch.rand(1, 3, 128, 128) * 2 - 1
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., :, :64] = 0.9  # thresholded at 0.5 -> keep the left half
+    out = base_model.infer(prompt='a', num_inference_steps=5, seed=0, inpaint_image=source,
+                           inpaint_mask=mask)['samples']
+    src64 = torch.nn.functional.interpolate(source, (64, 64), mode='bilinear', antialias=True,
+                                            align_corners=False)
+    assert (out[..., :32] - src64[..., :32]).abs().max() < 1e-5
+    assert (out[..., 32:] - src64[..., 32:]).abs().mean() > 0.1
+
+
+def test_channels_last_sampling_matches_contiguous(reference_model):
+    """NHWC weights and inputs change only the layout: both guided stages
+    give the same images up to float rounding. (The upsampler is compared on
+    the same low-res input: it quantises its input to 8 bits, where a
+    rounding-level difference can flip a level.)"""
+    prompts = ['a corgi', 'a cat']
+    base = dict(prompt=prompts, batch_size=2, num_inference_steps=3, seed=0)
+    expected = reference_model.infer(**base, num_inference_steps_up=2)
+    up = dict(prompt=prompts, num_inference_steps=2, seed=1)
+    expected_up = reference_model.infer_up(expected['low_res'], **up)['samples']
+    try:
+        reference_model.set_memory_format('channels_last')
+        assert reference_model.memory_format == 'channels_last'
+        for unet in (reference_model.unet, reference_model.unet_up):
+            conv = unet.in_blocks[0][0].weight
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        got = reference_model.infer(**base, num_inference_steps_up=2)
+        got_up = reference_model.infer_up(expected['low_res'], **up)['samples']
+    finally:
+        reference_model.set_memory_format('contiguous')
+    assert reference_model.unet.in_blocks[0][0].weight.is_contiguous()
+    torch.testing.assert_close(got['low_res'], expected['low_res'], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got_up, expected_up, atol=1e-3, rtol=0)  # < 1/8 of an 8-bit level
+    with pytest.raises(ValueError, match="memory_format must be one of .*'nhwc'"):
+        reference_model.set_memory_format('nhwc')
+
+
+def test_cuda_request_on_cpu_machine_keeps_model_on_cpu(reference_model):
+    if torch.cuda.is_available():
+        pytest.fail('this test describes CPU-only machines')
+    with pytest.warns(UserWarning, match='CUDA is not available'):
+        reference_model.to('cuda:0')
+    assert reference_model.device.type == 'cpu'
+
+
+def test_sampling_defaults_are_the_signatures_defaults():
+    import inspect
+
+    from projects.glide.models import Glide
+    from projects.glide.models.sampling import SAMPLING_DEFAULTS
+    assert SAMPLING_DEFAULTS == dict(guidance_scale=3., num_inference_steps=50, num_inference_steps_up='fast27',
+                                     upsample_temp=0.997)
+    infer = inspect.signature(Glide.infer).parameters
+    assert {k: infer[k].default for k in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
+    up = inspect.signature(Glide.infer_up).parameters
+    assert up['num_inference_steps'].default == 'fast27' and up['upsample_temp'].default == 0.997
+
+
+def test_encode_prompt_once_then_sample_from_text_emb(base_model):
+    """``encode_prompt`` gives the 2B guided rows (prompts, then negative
+    prompts, default ''); ``infer(text_emb=...)`` samples exactly as from the
+    prompts."""
+    x_t = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    emb = base_model.encode_prompt('a corgi', negative_prompt='a cat', batch_size=2)
+    assert emb['xf_proj'].shape[0] == 4 and emb['xf_out'].shape[0] == 4
+    run = lambda **kw: base_model.infer(init_image=x_t, batch_size=2, num_inference_steps=3, **kw)['samples']
+    assert torch.equal(run(text_emb=emb), run(prompt='a corgi', negative_prompt='a cat'))
+    default = base_model.encode_prompt(['a corgi', 'a dog'])
+    assert torch.equal(default['xf_out'], base_model.encode_prompt(['a corgi', 'a dog'], negative_prompt='')['xf_out'])
+    assert torch.equal(run(text_emb=default), run(prompt=['a corgi', 'a dog']))
+    # without guidance the first B rows are used (B rows alone work too)
+    unguided = run(text_emb=default, guidance_scale=1)
+    assert torch.equal(unguided, run(text_emb={k: v[:2] for k, v in default.items()}, guidance_scale=1))
+    torch.testing.assert_close(unguided, run(prompt=['a corgi', 'a dog'], guidance_scale=1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('kwargs,error,message', [
+    (dict(text_emb='a corgi'), TypeError, 'text_emb must be the dict Glide.encode_prompt returns'),
+    (dict(text_emb='rows:2', batch_size=2), ValueError,
+     r"text_emb has \{'xf_proj': 2, 'xf_out': 2\} rows; with guidance it needs 2 \* batch_size = 4 \(the "
+     r'prompts, then the unconditional prompts, as encode_prompt returns\)'),
+    (dict(text_emb='rows:6', batch_size=2, guidance_scale=1), ValueError,
+     r'without guidance it needs batch_size = 2 \(or twice that\)'),
+    (dict(text_emb='rows:2', negative_prompt='a cat'), ValueError,
+     'text_emb replaces the encoding of prompt and negative_prompt'),
+    (dict(text_emb='rows:2', prompt='a corgi'), ValueError,
+     'pass prompt only for the upsampler of a cascade'),
+])
+def test_bad_text_emb(base_model, kwargs, error, message):
+    if isinstance(kwargs['text_emb'], str) and kwargs['text_emb'].startswith('rows:'):
+        rows = int(kwargs['text_emb'][5:])
+        kwargs['text_emb'] = base_model.encode_prompt(['x'] * (rows // 2), batch_size=rows // 2)
+    with pytest.raises(error, match=message):
+        base_model.infer(num_inference_steps=2, **kwargs)
+
+
+def test_encode_prompt_per_stage(reference_model, base_model):
+    low = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    emb = reference_model.encode_prompt('a corgi', stage='upsampler')
+    assert emb['xf_out'].shape[0] == 1  # the upsampler is not guided
+    run = lambda **kw: reference_model.infer_up(low, num_inference_steps=2, seed=0, **kw)['samples']
+    assert torch.equal(run(text_emb=emb), run(prompt='a corgi'))
+    with pytest.raises(ValueError, match="the upsampler is not guided: negative_prompt must be None for "
+                                         "stage='upsampler'"):
+        reference_model.encode_prompt('a corgi', negative_prompt='', stage='upsampler')
+    with pytest.raises(ValueError, match="stage='upsampler' but the model has no unet_up"):
+        base_model.encode_prompt('a corgi', stage='upsampler')
+    with pytest.raises(ValueError, match="stage must be 'base' or 'upsampler', got 'refiner'"):
+        base_model.encode_prompt('a corgi', stage='refiner')
+
+
+def _image(batch=1, size=64, seed=0):
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_img2img_starts_from_the_noised_image_at_the_strengths_timestep(base_model, monkeypatch):
+    """strength s: the first UNet call is at the largest kept timestep <=
+    s * 1000, on ``image`` noised there with the start noise, and only the
+    kept timesteps from there on are run."""
+    image, x_t = _image(), torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    calls = []
+    unet = base_model.unet
+    original = unet.forward
+    monkeypatch.setattr(unet, 'forward', lambda *a, **k: calls.append((a[1][0].item(), a[0][:1].clone()))
+                        or original(*a, **k))
+    for strength, first in ((0.55, 500), (0.5, 500), (1., 900), (0.001, 0)):
+        calls.clear()
+        base_model.infer(init_image=x_t, prompt='a', num_inference_steps=10, image=image, strength=strength)
+        assert [t for t, _ in calls] == list(range(first, -1, -100))  # 10 steps: 900, 800, ..., 0
+        expected = base_model.diffusion_scheduler.add_noise(image, x_t, first)
+        assert torch.equal(calls[0][1], expected)
+
+
+def test_strength_maps_to_the_largest_kept_timestep_at_or_below_it():
+    from projects.glide.models.sampling import strength_timestep
+    assert [strength_timestep(s, 1000) for s in (1., 0.5, 0.3, 0.1 + 0.2, 0.29, 0.7, 0.001)] == [
+        1000, 500, 300, 300, 290, 700, 1]
+    assert strength_timestep(0.5, 4000) == 2000
+
+
+def test_img2img_shapes_reproducibility_and_small_strength(base_model, reference_model):
+    source = _image(size=128)
+    run = lambda **kw: base_model.infer(prompt='a corgi', batch_size=2, num_inference_steps=10, image=source,
+                                        **kw)['samples']
+    a = run(strength=0.6, seed=1)
+    assert a.shape == (2, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, run(strength=0.6, seed=1))
+    assert (a - run(strength=0.6, seed=2)).abs().max() > 1e-2
+    # a tiny strength runs the last step only, from the image barely noised: the image comes back
+    src64 = torch.nn.functional.interpolate(source, (64, 64), mode='bilinear', antialias=True, align_corners=False)
+    near = (run(strength=0.001, seed=1) - src64).abs()
+    assert near.max() < 0.05
+    assert (a - src64).abs().mean() > 10 * near.mean()  # a larger strength moves further away
+    # the cascade starts both stages from the image (resized per stage)
+    out = reference_model.infer(prompt='a corgi', num_inference_steps=2, num_inference_steps_up=2, seed=0,
+                                image=_image(size=256), strength=0.001)
+    assert out['samples'].shape == (1, 3, 256, 256) and out['low_res'].shape == (1, 3, 64, 64)
+    near = (out['samples'] - _image(size=256)).abs()
+    assert near.mean() < 0.02 and near.max() < 0.1
+    up = reference_model.infer_up(out['low_res'], prompt='a corgi', num_inference_steps=2, seed=0,
+                                  image=_image(size=256), strength=0.001)['samples']
+    near = (up - _image(size=256)).abs()
+    assert up.shape == (1, 3, 256, 256) and near.mean() < 0.02 and near.max() < 0.1
+
+
+@pytest.mark.parametrize('kwargs,error,message', [
+    (dict(strength=0.5), ValueError, r'image and strength must be given together \(img2img: strength in \(0, 1\]\)'),
+    (dict(image=_image()), ValueError, 'image and strength must be given together'),
+    (dict(image=_image(), strength=0), ValueError, r'strength must be in \(0, 1\], got 0'),
+    (dict(image=_image(), strength=1.5), ValueError, r'strength must be in \(0, 1\], got 1.5'),
+    (dict(image=_image(), strength=True), ValueError, r'strength must be in \(0, 1\], got True'),
+    (dict(image=[0.], strength=0.5), TypeError, 'image must be a tensor, got list'),
+    (dict(image=torch.zeros(1, 4, 64, 64), strength=0.5), ValueError,
+     r'image must be \(B, 3, H, W\) RGB in \[-1, 1\], got \(1, 4, 64, 64\) \(drop an alpha channel first\)'),
+    (dict(image=torch.full((1, 3, 64, 64), 2.), strength=0.5), ValueError, r'image must be in \[-1, 1\]'),
+    (dict(image=_image(batch=3), strength=0.5, batch_size=2), ValueError, 'image has batch 3, expected 1 or 2'),
+])
+def test_bad_img2img_arguments(base_model, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        base_model.infer(**{'prompt': 'a', 'num_inference_steps': 2, **kwargs})
