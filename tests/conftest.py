@@ -69,17 +69,15 @@ def converted(tmp_path_factory):
 @pytest.fixture(scope='session')
 def reference_model(converted):
     """The tiny reference text2im cascade loaded through ``init_model``."""
-    from mmengine.registry import init_default_scope
-
     from mmagic.apis import init_model
+    from mmengine.registry import init_default_scope
     init_default_scope('mmagic')
     return init_model(*converted['text2im'], device='cpu')
 
 
 @pytest.fixture(scope='session')
 def inpaint_model(converted):
-    from mmengine.registry import init_default_scope
-
     from mmagic.apis import init_model
+    from mmengine.registry import init_default_scope
     init_default_scope('mmagic')
     return init_model(*converted['inpaint'], device='cpu')

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from mmengine import Config
-from mmengine.registry import init_default_scope
-
 from conftest import MANIFESTS, REFERENCE, ROOT, run_tool
 from mmagic.apis import init_model
 from mmagic.registry import MODELS
+from mmengine import Config
+from mmengine.registry import init_default_scope
+
 from projects.glide.checkpoint import CheckpointMismatchError
 from projects.glide.convert import convert_openai_checkpoint, infer_unet_config, openai_key_to_mmagic
 

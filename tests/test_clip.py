@@ -11,11 +11,11 @@ import json
 
 import pytest
 import torch
+from conftest import MANIFESTS, REFERENCE, run_tool
+from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 from mmengine import Config
 from mmengine.registry import init_default_scope
 
-from conftest import MANIFESTS, REFERENCE, run_tool
-from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 from projects.glide.checkpoint import CheckpointMismatchError
 from projects.glide.convert import infer_clip_config, openai_clip_key_to_mmagic
 from projects.glide.models.clip import NoisedCLIP, condition_mean, condition_score

@@ -12,13 +12,12 @@ import math
 
 import pytest
 import torch
+from conftest import REFERENCE, run_tool
+from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 from projects.glide.models.diffusion import GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler
-
-from conftest import REFERENCE, run_tool
 
 CONVERTER = 'tools/model_converters/glide_openai_to_mmagic.py'
 

@@ -10,18 +10,23 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from mmagic.registry import MODELS
 from mmengine import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 import projects.glide  # noqa: F401  (registers the models)
-from mmagic.registry import MODELS
 from projects.glide.checkpoint import CheckpointMismatchError
 from projects.glide.datasets.shapes import Scene, Shape, ShapesDataset, is_held_out, parse_caption
-from projects.glide.datasets.shapes.negatives import (NEGATIVE_TYPES, HardNegativeCaptions,
-                                                      collate_hard_negatives, describes,
-                                                      hard_negatives, meaning,
-                                                      negative_candidates)
+from projects.glide.datasets.shapes.negatives import (
+    NEGATIVE_TYPES,
+    HardNegativeCaptions,
+    collate_hard_negatives,
+    describes,
+    hard_negatives,
+    meaning,
+    negative_candidates,
+)
 from projects.glide.evaluation.clip_retrieval import CLIPRetrievalAccuracy
 from projects.glide.models.clip.training import NoisedCLIPModel
 

@@ -3,10 +3,10 @@ ship, load strictly and the cascade drives the demo with no arguments beyond
 a prompt (the README's main command)."""
 import pytest
 import torch
+from conftest import ROOT, run_tool
 from PIL import Image
 
 import projects.glide.research  # noqa: F401  (registers the research stages' components)
-from conftest import ROOT, run_tool
 
 WEIGHTS = ROOT / 'projects' / 'glide' / 'weights'
 CONFIGS = ROOT / 'projects' / 'glide' / 'configs'
@@ -17,9 +17,8 @@ SHIPPED = {'glide_tiny_shapes-64-256.pth': 'glide_tiny_shapes-64-256.py',
 
 
 def test_weights_ship_small_and_load_strictly():
-    from mmengine.registry import init_default_scope
-
     from mmagic.apis import init_model
+    from mmengine.registry import init_default_scope
     files = sorted(WEIGHTS.glob('*.pth'))
     assert [f.name for f in files] == sorted(SHIPPED)
     assert sum(f.stat().st_size for f in files) <= 40 * 2**20  # all bundled weights within 40 MB
@@ -116,10 +115,9 @@ def _assert_text_blocks_learn_three_times_faster(cfg, text_blocks):
     """Build ``cfg``'s model and optimiser through mmengine and check each
     parameter's learning rate: 3x in the text blocks, the base config's 10x
     on the attention position embeddings, 2e-4 elsewhere."""
+    from mmagic.registry import MODELS
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
-
-    from mmagic.registry import MODELS
     init_default_scope('mmagic')
     model = MODELS.build(cfg.model)
     assert len(model.unet.transformer.resblocks) == text_blocks
@@ -176,10 +174,9 @@ def test_off_phrase_stage_adds_only_the_off_phrase_loss_and_holds_the_text_trans
     """The off-phrase stage: the grounding-box stage's data and schedule with
     the word loss off and the off-phrase loss on, and every parameter of the
     text side at learning rate 0 (the UNet's own at the usual rates)."""
+    from mmagic.registry import MODELS
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
-
-    from mmagic.registry import MODELS
     stage = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_off-phrase.py'))
     base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
     assert stage.model == dict(base.model, train_cfg=dict(base.model.train_cfg, aux_losses=[
@@ -192,7 +189,8 @@ def test_off_phrase_stage_adds_only_the_off_phrase_loss_and_holds_the_text_trans
     names = {id(p): n for n, p in model.named_parameters()}
     lr = {names[id(p)]: g['lr'] for g in groups for p in g['params']}
     assert len(lr) == len(names)
-    text_side = {n for n in lr if n.startswith(('unet.transformer.', 'unet.token_embedding', 'unet.positional_embedding',
+    text_side = {n for n in lr if n.startswith(('unet.transformer.', 'unet.token_embedding',
+                                                'unet.positional_embedding',
                                                 'unet.padding_embedding', 'unet.final_ln', 'unet.transformer_proj'))}
     assert len(text_side) == 2 * 12 + 7 and all(lr[n] == 0 for n in text_side)
     assert all(lr[n] == pytest.approx(2e-3) for n in lr if n.endswith('.position_embedding'))

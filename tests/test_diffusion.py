@@ -5,13 +5,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE
 
 from projects.glide.models.diffusion import (
-    GaussianDiffusion, GlideDDIMScheduler, GlideDDPMScheduler,
-    GlideDPMSolverScheduler, discretized_gaussian_log_likelihood,
-    get_named_beta_schedule, respaced_timesteps, space_timesteps)
-
-from conftest import REFERENCE
+    GaussianDiffusion,
+    GlideDDIMScheduler,
+    GlideDDPMScheduler,
+    GlideDPMSolverScheduler,
+    discretized_gaussian_log_likelihood,
+    get_named_beta_schedule,
+    respaced_timesteps,
+    space_timesteps,
+)
 
 
 @pytest.fixture(scope='module')

@@ -8,8 +8,7 @@ import torch
 from mmengine.dataset import default_collate
 from PIL import Image
 
-from projects.glide.datasets.image_caption_folder import (
-    ImageCaptionFolderDataset, parse_captions_file)
+from projects.glide.datasets.image_caption_folder import ImageCaptionFolderDataset, parse_captions_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RED, GREEN, BLUE = (255, 0, 0), (0, 128, 0), (0, 0, 255)
@@ -366,8 +365,8 @@ def test_registry_build_and_collate(folder):
 
 
 def test_glide_training_step(folder):
-    from mmengine import Config
     from mmagic.registry import MODELS
+    from mmengine import Config
 
     import projects.glide  # noqa: F401  (registers the model)
     torch.manual_seed(0)

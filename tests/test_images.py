@@ -4,8 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from projects.glide.images import (hwc_to_tensor, quantize_8bit, to_hwc_uint8, to_uint8,
-                                   to_unit_8bit)
+from projects.glide.images import hwc_to_tensor, quantize_8bit, to_hwc_uint8, to_uint8, to_unit_8bit
 
 
 def test_quantize_8bit_and_to_uint8_share_the_256_levels():

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
+from mmagic.registry import DATASETS
 from mmengine.dataset import default_collate
 
-from mmagic.registry import DATASETS
 from projects.glide.datasets import PromptSetDataset, load_prompt_file
 
 

@@ -7,9 +7,7 @@ import torch
 from mmengine.structures import BaseDataElement
 
 from projects.glide.evaluation.clip_score import GlideCLIPScore
-from projects.glide.evaluation.fid import (GlideFID, feature_statistics,
-                                           frechet_distance,
-                                           frechet_distance_low_rank)
+from projects.glide.evaluation.fid import GlideFID, feature_statistics, frechet_distance, frechet_distance_low_rank
 
 PROMPTS = ['a red circle', 'a blue square on the left', 'two green triangles',
            'a yellow background', 'a small purple square', 'a red circle']
@@ -38,8 +36,7 @@ def _bytes_to_unicode():
 
 @pytest.fixture(scope='module')
 def clip_dir(tmp_path_factory):
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel,
-                              CLIPTokenizer)
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
     d = tmp_path_factory.mktemp('tiny-clip')
     chars = _bytes_to_unicode()
     tokens = chars + [c + '</w>' for c in chars]
@@ -235,8 +232,7 @@ def test_low_rank_matches_full_sqrtm():
 
 def test_pytorch_fid_layout(tmp_path, fid_sets):
     """A pt_inception-style state_dict (1008 classes, no AuxLogits) loads."""
-    from projects.glide.evaluation.inception import (
-        InceptionFeatures, _build_pytorch_fid_inception)
+    from projects.glide.evaluation.inception import InceptionFeatures, _build_pytorch_fid_inception
     torch.manual_seed(0)
     path = tmp_path / 'pt_inception.pth'
     torch.save(_build_pytorch_fid_inception().state_dict(), path)

@@ -65,14 +65,16 @@ def test_integer_steps_give_exactly_n_model_calls(base_model, monkeypatch):
 
 def test_sampler_override(base_model):
     x_t = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    run = lambda **kw: base_model.infer(init_image=x_t, prompt='a corgi', num_inference_steps=10,
-                                        **kw)['samples']
+    def run(**kw):
+        return base_model.infer(init_image=x_t, prompt='a corgi', num_inference_steps=10,
+                                            **kw)['samples']
     default = run()
     assert torch.equal(run(sampler='ddim'), default)
     assert torch.equal(run(sampler=dict(type='GlideDDIMScheduler', eta=0.)), default)
     dpm = run(sampler='dpmsolver++')
     assert dpm.shape == default.shape and (dpm - default).abs().max() > 1e-4
-    g = lambda: torch.Generator().manual_seed(0)
+    def g():
+        return torch.Generator().manual_seed(0)
     ddpm = run(sampler='ddpm', generator=g())
     assert torch.equal(ddpm, run(sampler='ddpm', generator=g()))
     assert (ddpm - default).abs().max() > 1e-2
@@ -210,7 +212,8 @@ def test_encode_prompt_once_then_sample_from_text_emb(base_model):
     x_t = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     emb = base_model.encode_prompt('a corgi', negative_prompt='a cat', batch_size=2)
     assert emb['xf_proj'].shape[0] == 4 and emb['xf_out'].shape[0] == 4
-    run = lambda **kw: base_model.infer(init_image=x_t, batch_size=2, num_inference_steps=3, **kw)['samples']
+    def run(**kw):
+        return base_model.infer(init_image=x_t, batch_size=2, num_inference_steps=3, **kw)['samples']
     assert torch.equal(run(text_emb=emb), run(prompt='a corgi', negative_prompt='a cat'))
     default = base_model.encode_prompt(['a corgi', 'a dog'])
     assert torch.equal(default['xf_out'], base_model.encode_prompt(['a corgi', 'a dog'], negative_prompt='')['xf_out'])
@@ -245,7 +248,8 @@ def test_encode_prompt_per_stage(reference_model, base_model):
     low = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     emb = reference_model.encode_prompt('a corgi', stage='upsampler')
     assert emb['xf_out'].shape[0] == 1  # the upsampler is not guided
-    run = lambda **kw: reference_model.infer_up(low, num_inference_steps=2, seed=0, **kw)['samples']
+    def run(**kw):
+        return reference_model.infer_up(low, num_inference_steps=2, seed=0, **kw)['samples']
     assert torch.equal(run(text_emb=emb), run(prompt='a corgi'))
     with pytest.raises(ValueError, match="the upsampler is not guided: negative_prompt must be None for "
                                          "stage='upsampler'"):
@@ -287,8 +291,9 @@ def test_strength_maps_to_the_largest_kept_timestep_at_or_below_it():
 
 def test_img2img_shapes_reproducibility_and_small_strength(base_model, reference_model):
     source = _image(size=128)
-    run = lambda **kw: base_model.infer(prompt='a corgi', batch_size=2, num_inference_steps=10, image=source,
-                                        **kw)['samples']
+    def run(**kw):
+        return base_model.infer(prompt='a corgi', batch_size=2, num_inference_steps=10, image=source,
+                                            **kw)['samples']
     a = run(strength=0.6, seed=1)
     assert a.shape == (2, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, run(strength=0.6, seed=1))

@@ -6,12 +6,8 @@ import pytest
 import torch
 from mmengine.structures import BaseDataElement
 
-from projects.glide.datasets.shapes import (COLORS, Scene, Shape, caption,
-                                            render_scene, sample_scene)
-from projects.glide.evaluation.shapes_accuracy import (ATTRIBUTES,
-                                                       ShapesAccuracy,
-                                                       detect_shapes,
-                                                       judge_image)
+from projects.glide.datasets.shapes import COLORS, Scene, Shape, caption, render_scene, sample_scene
+from projects.glide.evaluation.shapes_accuracy import ATTRIBUTES, ShapesAccuracy, detect_shapes, judge_image
 
 # "a large red circle above a small blue square on a white background"
 PAIR = Scene('white', [

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from projects.glide.datasets.shapes import (Scene, Shape, caption, parse_caption, sample_scene,
-                                            scene_from_caption)
+from projects.glide.datasets.shapes import Scene, Shape, caption, parse_caption, sample_scene, scene_from_caption
 
 
 def test_caption_round_trip():

@@ -6,8 +6,15 @@ import pytest
 import torch
 from mmengine.dataset import default_collate, pseudo_collate
 
-from projects.glide.datasets.shapes import (PALETTE, Scene, ShapesDataset, is_held_out,
-                                            make_prompt_set, parse_caption, write_prompt_file)
+from projects.glide.datasets.shapes import (
+    PALETTE,
+    Scene,
+    ShapesDataset,
+    is_held_out,
+    make_prompt_set,
+    parse_caption,
+    write_prompt_file,
+)
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:

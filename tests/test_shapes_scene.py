@@ -2,9 +2,20 @@
 import numpy as np
 import pytest
 
-from projects.glide.datasets.shapes import (COLORS, HELD_OUT_PAIRS, KINDS, MARGIN, MIN_GAP,
-                                            PALETTE, SIZE_EXTENTS, Scene, Shape, ShapesDataset,
-                                            is_held_out, sample_scene)
+from projects.glide.datasets.shapes import (
+    COLORS,
+    HELD_OUT_PAIRS,
+    KINDS,
+    MARGIN,
+    MIN_GAP,
+    PALETTE,
+    SIZE_EXTENTS,
+    Scene,
+    Shape,
+    ShapesDataset,
+    is_held_out,
+    sample_scene,
+)
 
 
 def test_palette_is_css_named_colours():

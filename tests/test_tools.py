@@ -80,11 +80,11 @@ def free_port():
 @pytest.fixture(scope='module')
 def ckpts(tmp_path_factory):
     """Random-weight checkpoints of both tiny configs."""
+    from mmagic.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
     import projects.glide  # noqa: F401
-    from mmagic.registry import MODELS
     init_default_scope('mmagic')
     d = tmp_path_factory.mktemp('ckpts')
     paths = {}
@@ -421,10 +421,10 @@ def test_train_init_from_keeps_the_weights_and_initialises_missing_ones(ckpts, t
 def test_train_init_rename_moves_the_blocks_of_a_model_that_gained_attention(tmp_path, capsys):
     """Attention added at 32x32 goes before that level's upsampler, which
     moves from ``out_blocks.5.1`` to ``out_blocks.5.2``."""
+    from mmagic.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    from mmagic.registry import MODELS
     from projects.glide.checkpoint import CheckpointMismatchError, load_checkpoint_file
     init_default_scope('mmagic')
     train = load_tool('train')
@@ -471,10 +471,10 @@ def test_train_init_rename_moves_the_blocks_of_a_model_that_gained_attention(tmp
 def test_train_init_zero_adds_text_blocks_that_start_as_the_identity(tmp_path, capsys):
     """Text transformer blocks added with zero output projections leave the
     text features, and so what the model draws, as the checkpoint had them."""
+    from mmagic.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    from mmagic.registry import MODELS
     from projects.glide.checkpoint import load_checkpoint_file
     init_default_scope('mmagic')
     train = load_tool('train')
@@ -562,8 +562,8 @@ class _Logger:
 def test_saver_hook_skips_sampler_padding(tmp_path, monkeypatch):
     """Two simulated ranks over 5 items, batches of 2: rank 1's padded copy
     of item 0 is not saved; rank 0 builds the grid from the files."""
-    from mmengine.dataset import DefaultSampler
     import mmengine.dataset.sampler as sampler_mod
+    from mmengine.dataset import DefaultSampler
 
     from projects.glide.datasets import PromptSetDataset
     from projects.glide.engine import hooks as hooks_mod
@@ -597,8 +597,8 @@ def test_saver_hook_skips_sampler_padding(tmp_path, monkeypatch):
 
 
 def test_grid_ignores_stale_files_of_other_runs(tmp_path):
-    from projects.glide.engine import GlideImageSaverHook, save_png
     from projects.glide.datasets import PromptSetDataset
+    from projects.glide.engine import GlideImageSaverHook, save_png
     out = tmp_path / 'imgs'
     out.mkdir()
     save_png(np.zeros((8, 8, 3), np.uint8), str(out / '00001_old-prompt.png'),
@@ -822,9 +822,8 @@ def test_shipped_model_draws_the_kind_its_token_states_say():
     """The kind-source table on the shipped weights: with the per-token states
     of the caption with the kind changed the model draws the changed kind,
     with only the pooled feature changed it draws the caption's kind."""
-    from mmengine.registry import init_default_scope
-
     from mmagic.apis import init_model
+    from mmengine.registry import init_default_scope
     init_default_scope('mmagic')
     model = init_model(BASE_CFG, osp.join(REPO, 'projects', 'glide', 'weights', 'glide_tiny_shapes-64x64.pth'),
                        device='cpu')

@@ -103,8 +103,13 @@ def test_train_cfg_components_of_the_wrong_kind(train_cfg, message):
 
 
 def test_train_cfg_builds_components_and_keeps_the_plain_settings():
-    from projects.glide.models import (ForegroundPixelWeight, HighNoiseTimestepSampler, TrainingNoise,
-                                       TruncatedSNRWeight, UniformTimestepSampler)
+    from projects.glide.models import (
+        ForegroundPixelWeight,
+        HighNoiseTimestepSampler,
+        TrainingNoise,
+        TruncatedSNRWeight,
+        UniformTimestepSampler,
+    )
     plain = tiny_glide(None)
     assert plain.train_cfg == dict(stage='base', caption_dropout=0.2)
     assert type(plain.timestep_sampler) is UniformTimestepSampler and plain.mse_weight is None
@@ -223,8 +228,13 @@ def test_loss_is_the_components_in_order(base_model, monkeypatch):
     """``loss`` = caption dropout draw, timesteps, noise, q_sample, UNet,
     hybrid loss with the weights, then each auxiliary loss with what its
     ``watch`` saw: the same numbers from the parts, in the same RNG order."""
-    from projects.glide.models import (AuxiliaryLoss, ForegroundPixelWeight, HighNoiseTimestepSampler,
-                                       TrainingNoise, TruncatedSNRWeight)
+    from projects.glide.models import (
+        AuxiliaryLoss,
+        ForegroundPixelWeight,
+        HighNoiseTimestepSampler,
+        TrainingNoise,
+        TruncatedSNRWeight,
+    )
 
     class Peek(AuxiliaryLoss):
         """Records what it was given; returns the kept rows' mean timestep."""

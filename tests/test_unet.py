@@ -13,8 +13,8 @@ def test_half_precision_forward_close_to_fp32(converted, cases, dtype, torch_dty
     model it lands at 2.1e-2 (autocast with fp32 weights gives the same
     2.0e-2), so its bound is 3e-2.
     """
-    from mmengine import Config
     from mmagic.apis import init_model
+    from mmengine import Config
     cfg = Config.fromfile(converted['text2im'][0])
     cfg.model.dtype = dtype
     model = init_model(cfg, converted['text2im'][1], device='cpu')

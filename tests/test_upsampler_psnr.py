@@ -2,8 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from mmagic.registry import METRICS
+
 from projects.glide.datasets import ShapesDataset
 from projects.glide.evaluation import psnr, ssim
 

@@ -170,9 +170,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if REPO_ROOT not in sys.path:
         sys.path.insert(0, REPO_ROOT)
+    import torch
+
     from projects.glide.engine.cli_checks import UsageError, check_file
     from projects.glide.engine.devices import DeviceError, check_device
-    import torch
     try:
         check_file(args.config, 'config file')
         device = torch.device(check_device(args.device or ('cuda' if torch.cuda.is_available()
@@ -187,11 +188,11 @@ def main(argv=None) -> int:
     except (UsageError, DeviceError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    from mmagic.registry import MODELS
     from mmengine import Config
     from mmengine.registry import init_default_scope
 
     import projects.glide  # noqa: F401
-    from mmagic.registry import MODELS
     init_default_scope('mmagic')
     torch.manual_seed(0)
     model = MODELS.build(Config.fromfile(args.config).model).to(device).eval()

@@ -71,8 +71,7 @@ def error(msg: str) -> int:
 
 def prepare_config(args) -> Config:
     """Check every input and build the Runner config; writes nothing."""
-    from projects.glide.engine.devices import (check_cuda_requests,
-                                               check_launcher)
+    from projects.glide.engine.devices import check_cuda_requests, check_launcher
     config = check_file(args.config, 'config file')
     checkpoint = check_file(args.checkpoint, 'checkpoint file')
     check_cuda_requests(args.cfg_options)

@@ -296,9 +296,9 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
     Returns ``{feature: {outcome: images}}`` for the features of
     :data:`SWAPPED_FEATURES` and the outcomes of :data:`KIND_OUTCOMES`.
     """
+    from mmagic.registry import DATASETS
     from mmengine.registry import init_default_scope
 
-    from mmagic.registry import DATASETS
     from projects.glide.datasets.shapes import KINDS
     from projects.glide.evaluation.shapes_accuracy import judge_image
     from projects.glide.images import to_uint8
@@ -517,8 +517,8 @@ def own_phrase_reading(model, count: int = 48, seed: int = 0, start: int = 800) 
     import numpy as np
     import torch
 
-    from projects.glide.research.transforms import render_kind_neutral, render_shape_boxes
     from projects.glide.images import to_uint8
+    from projects.glide.research.transforms import render_kind_neutral, render_shape_boxes
     scenes, captions = two_kind_scenes(count, seed)
     unet, scheduler = model.unet, model.diffusion_scheduler
     phrases = [one_shape_caption(s.color, s.kind, sc.background) for sc in scenes for s in sc.shapes]
@@ -559,10 +559,10 @@ def main(argv=None) -> int:
         if not osp.isfile(path):
             print(f'error: file not found: {path}', file=sys.stderr)
             return 1
+    from mmagic.apis import init_model
     from mmengine.registry import init_default_scope
 
     import projects.glide  # noqa: F401  (registers the models)
-    from mmagic.apis import init_model
     init_default_scope('mmagic')
     model = init_model(args.config, args.checkpoint, device='cpu')
     rows = binding_captions(args.seed)

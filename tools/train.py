@@ -49,7 +49,8 @@ def parse_args(argv=None):
                         help='with --init-from: rename the checkpoint keys starting with OLD to start with NEW')
     parser.add_argument('--init-zero', nargs='+', metavar='PART', default=[],
                         help='with --init-from: start the initialised parameters whose keys contain PART at zero')
-    parser.add_argument('--amp', action='store_true', help='mixed precision: bf16 autocast (CPU or GPU), fp16 on GPUs without bf16')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: bf16 autocast (CPU or GPU), fp16 on GPUs without bf16')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -91,9 +92,9 @@ def complete_checkpoint(cfg, path: str, renames: dict = None, zero: tuple = ()) 
     import os
 
     import torch
+    from mmagic.registry import MODELS
 
     import projects.glide  # noqa: F401  (registers the models)
-    from mmagic.registry import MODELS
     from projects.glide.checkpoint import complete_state_dict, load_checkpoint_file
     ckpt = load_checkpoint_file(path, map_location='cpu')
     weights = rename_prefixes(ckpt.get('state_dict', ckpt), renames or {})

@@ -5,7 +5,7 @@ the models, schedulers, datasets and metrics in mmagic's registries and the
 safe checkpoint loader.
 """
 from . import checkpoint  # noqa: F401  (registers the local checkpoint loader)
-from .models import *  # noqa: F401,F403
 from .datasets import *  # noqa: F401,F403
-from .evaluation import *  # noqa: F401,F403
 from .engine import *  # noqa: F401,F403
+from .evaluation import *  # noqa: F401,F403
+from .models import *  # noqa: F401,F403

@@ -8,8 +8,13 @@ from torch import nn
 import projects.glide.research  # noqa: F401  (registers the research components)
 from projects.glide.models.training import AuxLossInputs, pixel_weight
 from projects.glide.research.attention import recorded_text_attention
-from projects.glide.research.losses import (KindPixelWeight, OffPhraseLoss, TokenGroundingLoss,
-                                            off_phrase_attention_loss, token_grounding_loss)
+from projects.glide.research.losses import (
+    KindPixelWeight,
+    OffPhraseLoss,
+    TokenGroundingLoss,
+    off_phrase_attention_loss,
+    token_grounding_loss,
+)
 
 
 def _tiny_unet():

@@ -4,11 +4,14 @@ import pytest
 import torch
 from mmengine.dataset import default_collate
 
-from projects.glide.datasets.shapes import (KINDS, Scene, Shape, ShapesDataset, caption, parse_caption,
-                                            render_scene)
-from projects.glide.research.transforms import (render_kind_mask, render_kind_neutral,
-                                                render_shape_boxes, render_shape_masks,
-                                                shape_word_positions)
+from projects.glide.datasets.shapes import KINDS, Scene, Shape, ShapesDataset, caption, parse_caption, render_scene
+from projects.glide.research.transforms import (
+    render_kind_mask,
+    render_kind_neutral,
+    render_shape_boxes,
+    render_shape_masks,
+    shape_word_positions,
+)
 
 KIND_MASK = [dict(type='KindMask')]
 
@@ -171,9 +174,8 @@ def test_kind_neutral_render_is_the_mean_of_the_three_kinds():
 
 
 def test_transforms_build_from_configs_and_check_their_input():
-    from mmengine.registry import init_default_scope
-
     from mmagic.registry import DATASETS
+    from mmengine.registry import init_default_scope
     init_default_scope('mmagic')
     ds = DATASETS.build(dict(type='ShapesDataset', size=2, seed=5, resolution=32,
                              pipeline=KIND_MASK + grounding(kind_region='box', text_ctx=64)))

@@ -1,9 +1,7 @@
 """Engine parts of the GLIDE project: the image saver hook, captioned grids,
 device checks, CLI argument checks and the bf16 autocast optimizer wrapper."""
-from .devices import (DeviceError, check_cuda_requests, check_device,
-                      check_launcher, setup_cpu_distributed)
-from .grid import (captioned_grid, image_filename, prompt_slug, read_png_text,
-                   save_png)
+from .devices import DeviceError, check_cuda_requests, check_device, check_launcher, setup_cpu_distributed
+from .grid import captioned_grid, image_filename, prompt_slug, read_png_text, save_png
 from .hooks import GlideImageSaverHook
 from .optim import BF16AutocastOptimWrapper
 

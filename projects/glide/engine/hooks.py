@@ -5,13 +5,14 @@ import os.path as osp
 from typing import Optional, Sequence
 
 import numpy as np
+from mmagic.registry import HOOKS
 from mmengine.dataset import DefaultSampler
 from mmengine.dist import barrier, get_dist_info
 from mmengine.hooks import Hook
 from PIL import Image
 
-from mmagic.registry import HOOKS
 from projects.glide.evaluation.samples import sample_field
+
 from .grid import captioned_grid, image_filename, read_png_text, save_png
 
 

@@ -4,9 +4,9 @@ from collections import defaultdict
 from typing import Dict, Sequence
 
 import torch
+from mmagic.registry import METRICS
 from mmengine.evaluator import BaseMetric
 
-from mmagic.registry import METRICS
 from .samples import sample_field
 
 

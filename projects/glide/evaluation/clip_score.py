@@ -13,10 +13,11 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmagic.registry import METRICS
 from mmengine.logging import print_log
 
-from mmagic.registry import METRICS
 from projects.glide.images import to_hwc_uint8
+
 from .samples import NetworkMetric, sample_field, sample_images
 
 _CLIP_HINT = ('GlideCLIPScore needs local CLIP weights: pass '
@@ -52,8 +53,7 @@ def _check_clip_dir(clip_path) -> str:
 def load_clip(clip_path, device='cpu'):
     """(model, tokenizer, image_processor) of a local CLIP folder, offline."""
     clip_path = _check_clip_dir(clip_path)
-    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPModel,
-                              CLIPTokenizer)
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPTokenizer
     try:
         model = CLIPModel.from_pretrained(clip_path, local_files_only=True)
     except Exception as e:  # noqa: BLE001 -- re-raised with the hint

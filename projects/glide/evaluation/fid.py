@@ -13,11 +13,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmagic.registry import METRICS
 from mmengine.logging import print_log
 from scipy import linalg
 
-from mmagic.registry import METRICS
 from projects.glide.images import to_hwc_uint8
+
 from .inception import InceptionFeatures
 from .samples import NetworkMetric, sample_images
 

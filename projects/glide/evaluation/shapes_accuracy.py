@@ -29,13 +29,13 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from mmagic.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from scipy import ndimage
 
-from mmagic.registry import METRICS
-from projects.glide.datasets.shapes import (COLORS, PALETTE, Scene,
-                                            is_held_out, parse_caption)
+from projects.glide.datasets.shapes import COLORS, PALETTE, Scene, is_held_out, parse_caption
 from projects.glide.images import to_hwc_uint8
+
 from .samples import sample_field
 
 ATTRIBUTES = ('background', 'shape_color', 'shape_class', 'size', 'position',

@@ -5,11 +5,12 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmagic.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
-from mmagic.registry import METRICS
 from projects.glide.images import to_unit_8bit
+
 from .samples import sample_field
 
 MAX_PSNR = 100.0

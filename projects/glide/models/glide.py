@@ -14,16 +14,27 @@ import warnings
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
-from mmengine.model import BaseModel
-
 from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
+from mmengine.model import BaseModel
 
 from ..checkpoint import check_state_dict
 from ..images import quantize_8bit, to_uint8
-from .sampling import (SAMPLING_DEFAULTS, Prompt, StageRequest, build_sampler, check_clip_guidance,
-                       check_prompts, check_strength, check_text_emb, img2img_image, inpaint_condition, make_generator,
-                       sample_stage, start_noise)
 from .clip import NoisedCLIP
+from .sampling import (
+    SAMPLING_DEFAULTS,
+    Prompt,
+    StageRequest,
+    build_sampler,
+    check_clip_guidance,
+    check_prompts,
+    check_strength,
+    check_text_emb,
+    img2img_image,
+    inpaint_condition,
+    make_generator,
+    sample_stage,
+    start_noise,
+)
 from .tokenizer import GlideTokenizer
 from .training import AuxLossInputs, build_module, parse_train_cfg, pixel_weight
 

@@ -13,10 +13,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from mmagic.registry import DIFFUSION_SCHEDULERS
 from torch import nn
 from tqdm import tqdm
-
-from mmagic.registry import DIFFUSION_SCHEDULERS
 
 from .diffusion import GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler, GlideSchedulerBase
 from .unet import InpaintText2ImUNet, SuperResInpaintText2ImUNet

@@ -17,7 +17,6 @@ from typing import List, Sequence, Tuple, Union
 
 import regex
 import torch
-
 from mmagic.registry import MODELS
 
 DEFAULT_BPE_DIR = osp.join(osp.dirname(osp.dirname(__file__)), 'data', 'gpt2-bpe')

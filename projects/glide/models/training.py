@@ -15,9 +15,8 @@ from typing import Any, ContextManager, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from mmagic.registry import MODELS
+from torch import nn
 
 #: train_cfg keys that became components: key -> what replaces it (packages
 #: with their own retired keys add them on import)

@@ -21,7 +21,6 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from mmagic.registry import MODELS
 
 from .attention import TextAttentionBlock

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from mmagic.registry import MODELS
 
-from ..models.training import AuxiliaryLoss, AuxLossInputs, PixelWeight, RETIRED_TRAIN_CFG_KEYS
+from ..models.training import RETIRED_TRAIN_CFG_KEYS, AuxiliaryLoss, AuxLossInputs, PixelWeight
 from .attention import recorded_text_attention
 
 RETIRED_TRAIN_CFG_KEYS.update(

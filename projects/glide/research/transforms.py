@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from mmagic.registry import TRANSFORMS
 
-from ..datasets.shapes import (KINDS, Scene, Shape, check_concrete, render_scene,
-                               shape_coverage)
+from ..datasets.shapes import KINDS, Scene, Shape, check_concrete, render_scene, shape_coverage
 from ..models.tokenizer import GlideTokenizer
 
 

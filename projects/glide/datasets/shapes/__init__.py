@@ -6,13 +6,37 @@ flat, anti-aliased shapes, with captions of a small grammar.
 (``ShapesDataset``).
 """
 from .captions import caption, parse_caption, scene_from_caption
-from .negatives import (NEGATIVE_TYPES, HardNegativeCaptions, collate_hard_negatives, describes,
-                        hard_negatives, meaning, negative_candidates)
 from .dataset import ShapesDataset, make_prompt_set, write_prompt_file
+from .negatives import (
+                        NEGATIVE_TYPES,
+                        HardNegativeCaptions,
+                        collate_hard_negatives,
+                        describes,
+                        hard_negatives,
+                        meaning,
+                        negative_candidates,
+)
 from .render import SUPERSAMPLED_SIDE, check_concrete, render_scene, shape_coverage
-from .scene import (COLORS, HELD_OUT_PAIRS, KINDS, MARGIN, MAX_SHAPES, MIN_GAP, PALETTE,
-                    POSITIONS, RELATIONS, SIZE_EXTENTS, SIZES, SPLITS, Scene, Shape,
-                    is_held_out, realize_scene, sample_scene, sample_spec)
+from .scene import (
+                        COLORS,
+                        HELD_OUT_PAIRS,
+                        KINDS,
+                        MARGIN,
+                        MAX_SHAPES,
+                        MIN_GAP,
+                        PALETTE,
+                        POSITIONS,
+                        RELATIONS,
+                        SIZE_EXTENTS,
+                        SIZES,
+                        SPLITS,
+                        Scene,
+                        Shape,
+                        is_held_out,
+                        realize_scene,
+                        sample_scene,
+                        sample_spec,
+)
 
 __all__ = [
     'COLORS', 'HELD_OUT_PAIRS', 'KINDS', 'MARGIN', 'MAX_SHAPES', 'MIN_GAP', 'PALETTE',

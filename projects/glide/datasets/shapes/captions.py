@@ -9,8 +9,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .scene import (COLORS, KINDS, PALETTE, RELATIONS, Scene, Shape, pick,
-                    realize_scene)
+from .scene import COLORS, KINDS, PALETTE, RELATIONS, Scene, Shape, pick, realize_scene
 
 _SIZE_WORDS = {'small': ('small', 'little'), 'large': ('large', 'big')}
 _POSITION_PHRASES = {

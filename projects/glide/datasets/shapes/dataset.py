@@ -9,8 +9,7 @@ from torch.utils.data import Dataset
 from ...images import hwc_to_tensor
 from .captions import caption
 from .render import render_scene
-from .scene import (KINDS, PALETTE, POSITIONS, RELATIONS, SPLITS, Scene,
-                    check_split, sample_scene)
+from .scene import KINDS, PALETTE, POSITIONS, RELATIONS, SPLITS, Scene, check_split, sample_scene
 
 _RESEARCH = "custom_imports=dict(imports=['projects.glide.research'])"
 # arguments that became pipeline transforms -> the transform to use instead

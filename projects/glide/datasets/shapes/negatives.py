@@ -21,12 +21,21 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmagic.registry import TRANSFORMS
 from mmengine.dataset import default_collate
 from mmengine.registry import FUNCTIONS
 
-from mmagic.registry import TRANSFORMS
-from .captions import (_POSITION_ALIASES, _POSITION_FILLERS, _POSITION_PHRASES, _RELATION_PHRASES,
-                       _SIZE_ALIASES, _SIZE_WORDS, _ARTICLES, _find_relation, parse_caption)
+from .captions import (
+    _ARTICLES,
+    _POSITION_ALIASES,
+    _POSITION_FILLERS,
+    _POSITION_PHRASES,
+    _RELATION_PHRASES,
+    _SIZE_ALIASES,
+    _SIZE_WORDS,
+    _find_relation,
+    parse_caption,
+)
 from .scene import COLORS, KINDS, POSITIONS, Scene, Shape, is_held_out
 
 BINDING_TYPES = ('kinds_swapped', 'colors_swapped', 'relation_flipped')

@@ -13,8 +13,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-
 from mmagic.registry import MODELS
+
 from ...checkpoint import check_state_dict
 from .encoders import NoisedCLIPImageEncoder, NoisedCLIPTextEncoder
 from .tokenizer import GlideCLIPTokenizer

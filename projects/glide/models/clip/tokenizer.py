@@ -19,8 +19,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 import ftfy
 import regex
 import torch
-
 from mmagic.registry import MODELS
+
 from ..tokenizer import _byte_to_unicode
 
 DEFAULT_CLIP_BPE = osp.join(osp.dirname(osp.dirname(osp.dirname(__file__))), 'data', 'clip-bpe',

@@ -13,9 +13,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from mmagic.registry import MODELS
 from mmengine.model import BaseModel
 
-from mmagic.registry import MODELS
 from ...checkpoint import check_state_dict
 from ...images import to_uint8
 from ..diffusion.gaussian import GaussianDiffusion

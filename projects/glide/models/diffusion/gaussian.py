@@ -28,8 +28,7 @@ from typing import Callable, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .schedules import (RespacingSpec, get_named_beta_schedule,
-                        respace_betas, respaced_timesteps)
+from .schedules import RespacingSpec, get_named_beta_schedule, respace_betas, respaced_timesteps
 
 DenoisedFn = Optional[Callable[[torch.Tensor], torch.Tensor]]
 IndexLike = Union[int, torch.Tensor, Sequence[int]]
