@@ -17,7 +17,7 @@ SHARED_MISSING = (None if REFERENCE.is_dir() else
                   f'reference fixtures not found at {REFERENCE} (put the shared folder beside the '
                   'checkout or point GLIDE_SHARED at it)')
 #: fixtures that read the shared folder; a test using one of them is a ``shared`` test
-SHARED_FIXTURES = {'cases', 'converted', 'reference_model', 'inpaint_model'}
+SHARED_FIXTURES = {'cases', 'converted', 'reference_model', 'inpaint_model', 'clip_cases', 'converted_clip'}
 
 
 def pytest_configure(config):
@@ -81,3 +81,18 @@ def inpaint_model(converted):
     from mmengine.registry import init_default_scope
     init_default_scope('mmagic')
     return init_model(*converted['inpaint'], device='cpu')
+
+
+@pytest.fixture(scope='session')
+def clip_cases():
+    return torch.load(REFERENCE / 'clip_cases.pt', weights_only=True)
+
+
+@pytest.fixture(scope='session')
+def converted_clip(tmp_path_factory):
+    """(config path, checkpoint path) of the reference base.pt + clip.pt through the converter tool."""
+    out = tmp_path_factory.mktemp('clip')
+    ckpt, cfg = out / 'glide_clip.pth', out / 'glide_clip.py'
+    run_tool('tools/model_converters/glide_openai_to_mmagic.py', '--base', REFERENCE / 'base.pt', '--clip',
+             REFERENCE / 'clip.pt', '--out', ckpt, '--config-out', cfg)
+    return str(cfg), str(ckpt)

@@ -41,21 +41,6 @@ def assert_close(out, ref, what):
     assert err <= REL_TOL * ref.abs().max().item(), f'{what}: max error {err}'
 
 
-@pytest.fixture(scope='module')
-def clip_cases():
-    return torch.load(REFERENCE / 'clip_cases.pt', weights_only=True)
-
-
-@pytest.fixture(scope='module')
-def converted_clip(tmp_path_factory):
-    """(config path, checkpoint path) of base.pt + clip.pt through the converter tool."""
-    out = tmp_path_factory.mktemp('clip')
-    ckpt, cfg = out / 'glide_clip.pth', out / 'glide_clip.py'
-    run_tool(CONVERTER, '--base', REFERENCE / 'base.pt', '--clip', REFERENCE / 'clip.pt', '--out', ckpt,
-             '--config-out', cfg)
-    return str(cfg), str(ckpt)
-
-
 def clip_state(checkpoint):
     """The ``clip.`` part of a converted checkpoint, prefix removed."""
     state_dict = torch.load(checkpoint, weights_only=True)['state_dict']

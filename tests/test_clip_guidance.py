@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-from conftest import REFERENCE, run_tool
 from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -27,20 +26,6 @@ def assert_close(out, ref, what, rtol=1e-4):
     err = (out.float() - ref.float()).abs().max().item()
     scale = max(ref.float().abs().max().item(), 1.0)
     assert err <= rtol * scale, f'{what}: max error {err:.3g} > {rtol} x {scale:.3g}'
-
-
-@pytest.fixture(scope='module')
-def clip_cases():
-    return torch.load(REFERENCE / 'clip_cases.pt', weights_only=True)
-
-
-@pytest.fixture(scope='module')
-def converted_clip(tmp_path_factory):
-    out = tmp_path_factory.mktemp('clip_guidance')
-    ckpt, cfg = out / 'glide_clip.pth', out / 'glide_clip.py'
-    run_tool(CONVERTER, '--base', REFERENCE / 'base.pt', '--clip', REFERENCE / 'clip.pt', '--out', ckpt,
-             '--config-out', cfg)
-    return str(cfg), str(ckpt)
 
 
 @pytest.fixture(scope='module')
