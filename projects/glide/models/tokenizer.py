@@ -13,7 +13,7 @@ import gzip
 import json
 import os.path as osp
 from functools import lru_cache
-from typing import List, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import regex
 import torch
@@ -40,6 +40,22 @@ def _byte_to_unicode() -> dict:
             table[b] = chr(256 + extra)
             extra += 1
     return table
+
+
+def merge_symbols(symbols: List[str], ranks: Dict[Tuple[str, str], int]) -> List[str]:
+    """Merge adjacent symbols, best-ranked pair first, every occurrence of that
+    pair left to right, until no ranked pair remains (byte-pair encoding)."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        pair = min(zip(symbols, symbols[1:]), key=lambda p: ranks.get(p, len(ranks)))
+        if pair not in ranks:
+            return symbols
+        i = 0
+        while i < len(symbols) - 1:
+            if (symbols[i], symbols[i + 1]) == pair:
+                symbols[i:i + 2] = [pair[0] + pair[1]]  # a merged symbol never starts the pair again
+            i += 1
+    return symbols
 
 
 @MODELS.register_module()
@@ -80,21 +96,7 @@ class GlideTokenizer:
     def _bpe(self, piece: str) -> List[str]:
         if piece in self._cache:
             return self._cache[piece]
-        word = list(piece)
-        while len(word) > 1:
-            pairs = {(a, b) for a, b in zip(word[:-1], word[1:])}
-            best = min(pairs, key=lambda p: self.merge_ranks.get(p, float('inf')))
-            if best not in self.merge_ranks:
-                break
-            merged, i = [], 0
-            while i < len(word):
-                if i < len(word) - 1 and (word[i], word[i + 1]) == best:
-                    merged.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
+        word = merge_symbols(list(piece), self.merge_ranks)
         self._cache[piece] = word
         return word
 

@@ -14,14 +14,14 @@ feature at position ``len - 1``).
 import gzip
 import html
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import ftfy
 import regex
 import torch
 from mmagic.registry import MODELS
 
-from ..tokenizer import _byte_to_unicode
+from ..tokenizer import _byte_to_unicode, merge_symbols
 
 DEFAULT_CLIP_BPE = osp.join(osp.dirname(osp.dirname(osp.dirname(__file__))), 'data', 'clip-bpe',
                             'bpe_simple_vocab_16e6.txt.gz')
@@ -38,22 +38,6 @@ def clean_text(text: str) -> str:
     runs collapsed to one space and stripped, lower case."""
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return _SPACES.sub(' ', text).strip().lower()
-
-
-def merge_symbols(symbols: List[str], ranks: Dict[Tuple[str, str], int]) -> List[str]:
-    """Merge adjacent symbols, best-ranked pair first, every occurrence of that
-    pair left to right, until no ranked pair remains (byte-pair encoding)."""
-    symbols = list(symbols)
-    while len(symbols) > 1:
-        pair = min(zip(symbols, symbols[1:]), key=lambda p: ranks.get(p, len(ranks)))
-        if pair not in ranks:
-            return symbols
-        i = 0
-        while i < len(symbols) - 1:
-            if (symbols[i], symbols[i + 1]) == pair:
-                symbols[i:i + 2] = [pair[0] + pair[1]]  # a merged symbol never starts the pair again
-            i += 1
-    return symbols
 
 
 @MODELS.register_module()
