@@ -96,3 +96,23 @@ def converted_clip(tmp_path_factory):
     run_tool('tools/model_converters/glide_openai_to_mmagic.py', '--base', REFERENCE / 'base.pt', '--clip',
              REFERENCE / 'clip.pt', '--out', ckpt, '--config-out', cfg)
     return str(cfg), str(ckpt)
+
+
+@pytest.fixture(scope='session')
+def ckpts(tmp_path_factory):
+    """Random-weight checkpoints of both tiny shapes configs (the tool tests' models)."""
+    from mmagic.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from tool_helpers import BASE_CFG, CASCADE_CFG
+
+    import projects.glide  # noqa: F401
+    init_default_scope('mmagic')
+    d = tmp_path_factory.mktemp('ckpts')
+    paths = {}
+    torch.manual_seed(0)
+    for key, cfg_path in (('base', BASE_CFG), ('cascade', CASCADE_CFG)):
+        model = MODELS.build(Config.fromfile(cfg_path).model)
+        paths[key] = str(d / f'{key}.pth')
+        torch.save(dict(state_dict=model.state_dict()), paths[key])
+    return paths

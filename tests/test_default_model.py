@@ -10,6 +10,7 @@ import projects.glide.research  # noqa: F401  (registers the research stages' co
 
 WEIGHTS = ROOT / 'projects' / 'glide' / 'weights'
 CONFIGS = ROOT / 'projects' / 'glide' / 'configs'
+RESEARCH_CONFIGS = ROOT / 'projects' / 'glide' / 'research' / 'configs'
 GROUNDING = dict(type='TokenGroundingLoss', weight=1., sides=(16, ))
 SHIPPED = {'glide_tiny_shapes-64-256.pth': 'glide_tiny_shapes-64-256.py',
            'glide_tiny_shapes-64x64.pth': 'glide_tiny_shapes-64x64.py',
@@ -100,7 +101,7 @@ def test_lr_decay_stage_is_the_shipped_model_with_a_held_then_decaying_learning_
 
 def test_kinds_stage_weighs_the_kind_mask_on_more_two_shape_scenes():
     from mmengine.config import Config
-    kinds = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_kinds.py'))
+    kinds = Config.fromfile(str(RESEARCH_CONFIGS / 'glide_tiny_shapes-64x64_kinds.py'))
     base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
     assert kinds.model.unet == base.model.unet
     assert kinds.model.train_cfg == dict(base.model.train_cfg, pixel_weights=[
@@ -151,7 +152,7 @@ def test_text_stages_change_only_the_text_side_and_teach_the_encoder_three_times
     model with only the named changes to the UNet, the training loss and the
     data, and the deep-text stage's schedule."""
     from mmengine.config import Config
-    stage = Config.fromfile(str(CONFIGS / name))
+    stage = Config.fromfile(str(RESEARCH_CONFIGS / name))
     base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
     assert stage.model == dict(base.model, unet=dict(base.model.unet, **unet_change),
                                train_cfg=dict(base.model.train_cfg, **loss_change))
@@ -177,7 +178,7 @@ def test_off_phrase_stage_adds_only_the_off_phrase_loss_and_holds_the_text_trans
     from mmagic.registry import MODELS
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
-    stage = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64_off-phrase.py'))
+    stage = Config.fromfile(str(RESEARCH_CONFIGS / 'glide_tiny_shapes-64x64_off-phrase.py'))
     base = Config.fromfile(str(CONFIGS / 'glide_tiny_shapes-64x64.py'))
     assert stage.model == dict(base.model, train_cfg=dict(base.model.train_cfg, aux_losses=[
         dict(type='OffPhraseLoss', weight=1., sides=(16, ))]))

@@ -3,7 +3,7 @@
     python tools/glide_demo.py "PROMPT" ["PROMPT" ...] [--config C]
         [--checkpoint P] [--batch-size N] [--seed S] [--guidance-scale G]
         [--steps N] [--steps-up N] [--out out.png] [--device cpu|cuda]
-        [--image in.png --mask mask.png]
+        [--clip-scale S] [--rerank N] [--image in.png --mask mask.png]
 
 Defaults: the bundled tiny shapes cascade, 64x64 base then 64->256 upsampler
 (projects/glide/configs/glide_tiny_shapes-64-256.py with
@@ -11,6 +11,12 @@ projects/glide/weights/glide_tiny_shapes-64-256.pth), the prompt
 'a red circle above a blue square on a yellow background', one image per
 prompt, seed 0 (prompt i uses seed S + i), the config's test_cfg for
 guidance and steps, cuda when available.
+
+CLIP: ``--clip-scale S`` (CLIP guidance) and ``--rerank N`` (best of N base
+samples by the CLIP) need a config with a noise-aware CLIP; with the default
+config they switch to glide_tiny_shapes-64-256_clip-rerank.py (the same
+weights plus the bundled CLIP), the flags alone setting the CLIP recipe. Prompts may be composed with AND / NOT
+(``Glide.infer``).
 
 Inpainting: ``--image in.png --mask mask.png`` (mask white = keep,
 thresholded at 0.5; both resized to the model's base size) regenerates the
@@ -22,8 +28,6 @@ import math
 import os
 import os.path as osp
 import sys
-import tempfile
-import warnings
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -32,33 +36,22 @@ if REPO_ROOT not in sys.path:
 DEFAULT_PROMPT = 'a red circle above a blue square on a yellow background'
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs',
                           'glide_tiny_shapes-64-256.py')
+DEFAULT_CLIP_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs',
+                               'glide_tiny_shapes-64-256_clip-rerank.py')
 DEFAULT_CHECKPOINT = osp.join(REPO_ROOT, 'projects', 'glide', 'weights',
                               'glide_tiny_shapes-64-256.pth')
 
 
-from projects.glide.engine.cli_checks import UsageError, check_file  # noqa: E402
-
-
-def _steps(text: str):
-    """'50' -> 50; respacing specs ('ddim50', 'fast27', '10,10,3') stay str."""
-    text = str(text).strip()
-    if text.isdigit():
-        if int(text) < 1:
-            raise argparse.ArgumentTypeError('steps must be >= 1')
-        return int(text)
-    if not text:
-        raise argparse.ArgumentTypeError('empty steps spec')
-    return text
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'not an integer: {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-    return value
+from projects.glide.engine.cli_checks import (  # noqa: E402
+    UsageError,
+    check_checkpoint,
+    check_file,
+    check_output_file,
+    finite_float,
+    nonnegative_float,
+    positive_int,
+    sampling_steps,
+)
 
 
 def _seed(text: str) -> int:
@@ -80,18 +73,23 @@ def parse_args(argv=None):
     parser.add_argument('--checkpoint', default=None,
                         help='weights (default: '
                         'projects/glide/weights/glide_tiny_shapes-64-256.pth)')
-    parser.add_argument('--batch-size', type=_positive_int, default=1,
+    parser.add_argument('--batch-size', type=positive_int, default=1,
                         help='images per prompt (default 1)')
     parser.add_argument('--seed', type=_seed, default=0,
                         help='seed of the first prompt; prompt i uses seed+i (default 0)')
-    parser.add_argument('--guidance-scale', type=float, default=None,
+    parser.add_argument('--guidance-scale', type=finite_float, default=None,
                         help="classifier-free guidance scale (default: the config's)")
-    parser.add_argument('--steps', type=_steps, default=None,
+    parser.add_argument('--steps', type=sampling_steps, default=None,
                         help="base sampling steps, e.g. 50 or ddim50 (default: the config's)")
-    parser.add_argument('--steps-up', type=_steps, default=None,
+    parser.add_argument('--steps-up', type=sampling_steps, default=None,
                         help="upsampler steps, e.g. fast27 (default: the config's)")
+    parser.add_argument('--clip-scale', type=nonnegative_float, default=None,
+                        help="CLIP guidance scale (0 = off; default: the config's); needs a CLIP")
+    parser.add_argument('--rerank', type=positive_int, default=None,
+                        help="draw N base samples per image and keep the CLIP's favourite (default: the config's)")
     parser.add_argument('--out', default='glide_demo.png',
-                        help='output PNG (default glide_demo.png)')
+                        help='output PNG (default glide_demo.png); an existing file is replaced, atomically '
+                        '(an interrupted run leaves it as it was)')
     parser.add_argument('--device', default=None,
                         help='cpu, cuda or cuda:N (default: cuda when available)')
     parser.add_argument('--image', help='inpainting: source image')
@@ -99,19 +97,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _check_out(path: str) -> str:
+def _check_out(path: str, inputs=()) -> str:
     path = osp.abspath(path)
     if not path.lower().endswith('.png'):
         raise UsageError(f'--out must be a .png file, got {path}')
-    if osp.isdir(path):
-        raise UsageError(f'--out {path} is a directory')
-    parent = osp.dirname(path)
-    if not osp.isdir(parent):
-        raise UsageError(f'cannot write --out {path}: directory {parent} does not exist')
-    try:
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as err:
-        raise UsageError(f'cannot write --out {path}: {err.strerror or err}') from None
+    path = check_output_file(path, '--out', inputs)
     if osp.exists(path) and not os.access(path, os.W_OK):
         raise UsageError(f'cannot write --out {path}: the file is not writable')
     return path
@@ -171,6 +161,21 @@ def load_inpaint_inputs(image_path: str, mask_path: str, size: int):
     return img_t, mask_t, notes
 
 
+def sampling_options(model, args) -> dict:
+    """``infer`` keyword arguments: the command line's options over the
+    config's ``test_cfg`` (its ``infer`` arguments) over ``SAMPLING_DEFAULTS``."""
+    import inspect
+
+    from projects.glide.models.sampling import SAMPLING_DEFAULTS
+    accepted = inspect.signature(model.infer).parameters
+    test_cfg = {k: v for k, v in (getattr(model, 'test_cfg', None) or {}).items() if k in accepted}
+    options = dict(guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
+                   num_inference_steps_up=args.steps_up, classifier_scale=args.clip_scale,
+                   rerank=args.rerank)
+    kwargs = {**SAMPLING_DEFAULTS, **test_cfg, **{k: v for k, v in options.items() if v is not None}}
+    return dict(kwargs, show_progress=True)
+
+
 def _default_device() -> str:
     import torch
     return 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -190,7 +195,8 @@ def run(args) -> int:
     prompts = [' '.join(p.split()) for p in args.prompts] or [DEFAULT_PROMPT]
     if any(not p for p in prompts):
         raise UsageError('empty prompt')
-    config = args.config or DEFAULT_CONFIG
+    wants_clip = bool(args.clip_scale) or (args.rerank or 1) > 1
+    config = args.config or (DEFAULT_CLIP_CONFIG if wants_clip else DEFAULT_CONFIG)
     check_file(config, 'config file')
     if args.checkpoint is None:
         if not osp.isfile(DEFAULT_CHECKPOINT):
@@ -210,19 +216,16 @@ def run(args) -> int:
         device = check_device(args.device) if args.device else _default_device()
     except DeviceError as err:
         raise UsageError(str(err)) from None
-    out = _check_out(args.out)
+    out = _check_out(args.out, (args.image, args.mask))
+    check_checkpoint(checkpoint)  # a text file, an image, a truncated file: named before any work
 
     import torch
-    from mmengine.registry import init_default_scope
 
+    from projects.glide.apis import init_glide
     from projects.glide.checkpoint import CheckpointMismatchError
     from projects.glide.engine.grid import captioned_grid, save_png
-    init_default_scope('mmagic')
-    with warnings.catch_warnings():  # mmagic.apis imports many optional packages
-        warnings.simplefilter('ignore')
-        from mmagic.apis import init_model
     try:
-        model = init_model(config, checkpoint, device=device)
+        model = init_glide(config, checkpoint, device=device)
     except CheckpointMismatchError as err:
         details = str(err).split('\n', 1)[-1]
         raise UsageError(f'checkpoint {checkpoint} does not fit config {config}\n{details}') \
@@ -232,13 +235,12 @@ def run(args) -> int:
             raise
         raise UsageError(str(err)) from None
 
-    from projects.glide.models.sampling import SAMPLING_DEFAULTS
-    test_cfg = dict(getattr(model, 'test_cfg', None) or {})
-    options = dict(guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
-                   num_inference_steps_up=args.steps_up)
-    kwargs = {key: test_cfg.get(key, default) if options.get(key) is None else options[key]
-              for key, default in SAMPLING_DEFAULTS.items()}
-    kwargs['show_progress'] = True
+    if wants_clip and getattr(model, 'clip', None) is None:
+        raise UsageError(f'--clip-scale / --rerank need a config with a noise-aware CLIP (model.clip); {config} has '
+                         f'none (e.g. {osp.relpath(DEFAULT_CLIP_CONFIG, os.getcwd())})')
+    kwargs = sampling_options(model, args)
+    if args.config is None:  # the bundled configs: the CLIP flags alone set the CLIP recipe
+        kwargs.update(classifier_scale=args.clip_scale or 0., rerank=args.rerank or 1)
 
     inpaint = None
     if args.image is not None:
@@ -275,8 +277,10 @@ def run(args) -> int:
             tiles += [source, mask, img]
             caps += ['source', 'mask (white = keep)', cap]
         grid = captioned_grid(tiles, caps, ncols=3)
+    existed = osp.exists(out)
     save_png(grid, out, dict(prompts='\n'.join(prompts), seed=str(args.seed)))
-    print(f'wrote {out} ({grid.size[0]}x{grid.size[1]}, {len(images)} image(s))')
+    replaced = ' (replaced the previous file)' if existed else ''
+    print(f'wrote {out} ({grid.size[0]}x{grid.size[1]}, {len(images)} image(s)){replaced}')
     return 0
 
 

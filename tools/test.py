@@ -15,12 +15,15 @@ Outputs: every image as ``OUT_DIR/{index:05d}_{prompt-slug}.png`` (prompt,
 seed and index in the PNG text metadata), ``OUT_DIR/grid.png`` with the
 prompts under the images (``OUT_DIR`` defaults to ``WORK_DIR/images``), and
 the test evaluator's metrics in ``WORK_DIR/metrics.json`` (``WORK_DIR``
-defaults to ``work_dirs/CONFIG_NAME``).
+defaults to ``work_dirs/CONFIG_NAME``). Images a previous run left in
+``OUT_DIR`` under those names are deleted first (other files are kept);
+every file is written atomically.
 
 Several processes: ``bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [args]``
 (each image is saved exactly once; see ``GlideImageSaverHook``).
 
-Bad input (missing config/checkpoint/prompt file, empty prompt file,
+Bad input (missing config/checkpoint/prompt file, a file that is not a
+checkpoint, empty prompt file,
 unwritable output dirs, CUDA asked for without a GPU) stops the run before
 anything is written, with one ``error:`` line on stderr and exit status 1.
 """
@@ -36,7 +39,12 @@ if REPO_ROOT not in sys.path:
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from projects.glide.engine.cli_checks import UsageError, check_file, check_writable_dir  # noqa: E402
+from projects.glide.engine.cli_checks import (  # noqa: E402
+    UsageError,
+    check_checkpoint,
+    check_file,
+    check_writable_dir,
+)
 
 
 def parse_args(argv=None):
@@ -73,7 +81,7 @@ def prepare_config(args) -> Config:
     """Check every input and build the Runner config; writes nothing."""
     from projects.glide.engine.devices import check_cuda_requests, check_launcher
     config = check_file(args.config, 'config file')
-    checkpoint = check_file(args.checkpoint, 'checkpoint file')
+    checkpoint = check_checkpoint(args.checkpoint)
     check_cuda_requests(args.cfg_options)
     prompt_file = None
     if args.prompts is not None:
@@ -116,7 +124,7 @@ def prepare_config(args) -> Config:
     out_dir = check_writable_dir(
         args.out_dir or osp.join(cfg.work_dir, 'images'), 'out dir')
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
-        dict(type='GlideImageSaverHook', out_dir=out_dir)
+        dict(type='GlideImageSaverHook', out_dir=out_dir, clear_previous=True)
     ]
     cfg.load_from = checkpoint
     cfg.resume = False
@@ -138,11 +146,8 @@ def _jsonable(value):
 
 
 def write_json(path: str, data) -> None:
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(_jsonable(data), f, indent=2, sort_keys=True)
-        f.write('\n')
-    os.replace(tmp, path)
+    from projects.glide.fileio import atomic_write_text
+    atomic_write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + '\n', path)
 
 
 def main(argv=None) -> int:
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
 
     from mmengine.runner import Runner
 
-    from projects.glide.checkpoint import CheckpointMismatchError
+    from projects.glide.checkpoint import CheckpointMismatchError, NonFiniteCheckpointError
     from projects.glide.engine.devices import setup_cpu_distributed
     setup_cpu_distributed(cfg, args.launcher)
     out_dir = cfg.pop('glide_out_dir')
@@ -171,6 +176,8 @@ def main(argv=None) -> int:
         details = str(err).split('\n', 1)[-1]
         return error(f'checkpoint {cfg.load_from} does not fit config '
                      f'{args.config}\n{details}')
+    except NonFiniteCheckpointError as err:
+        return error(f'{cfg.load_from}: {err}')
     except (FileNotFoundError, RuntimeError) as err:
         if 'checkpoint' not in str(err):
             raise

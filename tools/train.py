@@ -6,9 +6,13 @@
                           [--amp] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
 
 ``--resume`` without a path resumes from the latest checkpoint in the work
-dir. ``--init-from`` starts a new run (new optimiser, iteration 0) from the
-weights of a checkpoint: a training checkpoint (whose ``state_dict`` holds the
-EMA weights) or published weights. Parameters the config's model has and the
+dir; a damaged one (empty or truncated, e.g. by a run killed while writing
+it) is skipped with a warning naming it, for the newest intact one before it.
+A ``--resume``/``--init-from`` file that is not a checkpoint is an error.
+
+``--init-from`` starts a new run (new optimiser, iteration 0) from the weights
+of a checkpoint: a training checkpoint (whose ``state_dict`` holds the EMA
+weights) or published weights. Parameters the config's model has and the
 checkpoint lacks, e.g. blocks added since, keep their initial values and are
 listed; any other mismatch is an error. ``--init-rename OLD=NEW`` first
 renames the checkpoint keys that start with ``OLD`` to start with ``NEW``, for
@@ -25,7 +29,9 @@ the GPU or the CPU (worth it on CPUs with AMX/AVX512-BF16), or in float16
 with loss scaling on GPUs without bf16.
 """
 import argparse
+import glob
 import os.path as osp
+import re
 import sys
 
 from mmengine.config import Config, DictAction
@@ -56,6 +62,38 @@ def parse_args(argv=None):
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     return parser.parse_args(argv)
+
+
+def latest_intact_checkpoint(work_dir: str):
+    """The checkpoint ``--resume`` resumes from: the one ``work_dir/last_checkpoint``
+    names, else the newest ``iter_N.pth``/``epoch_N.pth``, skipping (with a
+    warning naming each) damaged files; None when the work dir has none.
+
+    Raises:
+        RuntimeError: every checkpoint in the work dir is damaged.
+    """
+    from projects.glide.checkpoint import check_checkpoint_file
+    found = glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
+    numbered = [p for p in found if re.fullmatch(r'(iter|epoch)_\d+\.pth', osp.basename(p))]
+    candidates = sorted(numbered, key=lambda p: int(re.findall(r'\d+', osp.basename(p))[0]), reverse=True)
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            last = f.read().strip()
+        if last:
+            candidates = [last] + [p for p in candidates if osp.abspath(p) != osp.abspath(last)]
+    broken = []
+    for path in candidates:
+        try:
+            check_checkpoint_file(path)
+        except (OSError, RuntimeError) as err:
+            print(f'warning: --resume skips {path}: {err}', file=sys.stderr)
+            broken.append(path)
+            continue
+        return path
+    if broken:
+        raise RuntimeError(f'no intact checkpoint to resume from in {work_dir}: {", ".join(broken)} are damaged')
+    return None
 
 
 def rename_prefixes(weights: dict, renames: dict) -> dict:
@@ -96,6 +134,7 @@ def complete_checkpoint(cfg, path: str, renames: dict = None, zero: tuple = ()) 
 
     import projects.glide  # noqa: F401  (registers the models)
     from projects.glide.checkpoint import complete_state_dict, load_checkpoint_file
+    from projects.glide.fileio import atomic_save
     ckpt = load_checkpoint_file(path, map_location='cpu')
     weights = rename_prefixes(ckpt.get('state_dict', ckpt), renames or {})
     model_state = MODELS.build(cfg.model).state_dict()
@@ -110,12 +149,10 @@ def complete_checkpoint(cfg, path: str, renames: dict = None, zero: tuple = ()) 
           f'{len(added)} initialised' + (f': {", ".join(added)}' if added else '')
           + (f'; {len(zeroed)} of them at zero' if zero else ''))
     os.makedirs(cfg.work_dir, exist_ok=True)
-    out = osp.join(cfg.work_dir, 'init_from.pth')
-    part = f'{out}.{os.getpid()}.part'  # every process of a launch writes the same file
+    out = osp.join(cfg.work_dir, 'init_from.pth')  # every process of a launch writes the same file
     meta = dict(init_from=path, initialised=added, **(dict(renamed=renames) if renames else {}),
                 **(dict(zeroed=zeroed) if zero else {}))
-    torch.save(dict(state_dict=completed, meta=meta), part)
-    os.replace(part, out)
+    atomic_save(dict(state_dict=completed, meta=meta), out)
     return out
 
 
@@ -139,13 +176,15 @@ def main(argv=None) -> int:
             cfg.optim_wrapper.dtype = 'float16'
         else:
             cfg.optim_wrapper.type = 'BF16AutocastOptimWrapper'
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume:
-        if not osp.isfile(args.resume):
-            print(f'error: checkpoint not found: {args.resume}', file=sys.stderr)
-            return 1
-        cfg.resume, cfg.load_from = True, args.resume
+    from projects.glide.engine.cli_checks import UsageError, check_checkpoint
+    try:
+        if args.resume == 'auto':
+            cfg.resume, cfg.load_from = True, latest_intact_checkpoint(cfg.work_dir)
+        elif args.resume:
+            cfg.resume, cfg.load_from = True, check_checkpoint(args.resume)
+    except (UsageError, RuntimeError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     for option, value in (('--init-rename', args.init_rename), ('--init-zero', args.init_zero)):
         if value and not args.init_from:
             print(f'error: {option} needs --init-from', file=sys.stderr)
@@ -171,8 +210,13 @@ def main(argv=None) -> int:
     except DeviceError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    from projects.glide.checkpoint import CheckpointMismatchError, NonFiniteCheckpointError
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner.train()  # loads or resumes the checkpoint first
+    except (CheckpointMismatchError, NonFiniteCheckpointError) as err:
+        print(f'error: checkpoint {cfg.load_from} cannot be used: {err}', file=sys.stderr)
+        return 1
     return 0
 
 

@@ -101,6 +101,26 @@ def unwrap_state_dict(obj) -> Dict[str, torch.Tensor]:
     return obj
 
 
+def check_openai_unet(obj, what: str) -> Dict[str, torch.Tensor]:
+    """The state dict of a loaded openai UNet file (see :func:`unwrap_state_dict`);
+    ``what`` names the file in the error when it is something else.
+
+    Raises:
+        ValueError: not a dict of tensors, or no ``input_blocks.0.0.weight``
+            (another model, or a file already in this project's layout).
+    """
+    try:
+        sd = unwrap_state_dict(obj)
+    except ValueError as err:
+        raise ValueError(f'{what} is {err}') from None
+    if 'input_blocks.0.0.weight' not in sd:
+        hint = ('it holds unet.* keys: it is already converted (load it with init_model)'
+                if any(k.startswith(('unet.', 'unet_up.')) for k in sd) else
+                'input_blocks.0.0.weight is missing')
+        raise ValueError(f'{what} is not an openai GLIDE checkpoint: {hint}')
+    return sd
+
+
 def openai_to_mmagic(state_dict: Dict[str, torch.Tensor], prefix: str = 'unet.',
                      dtype: Optional[torch.dtype] = torch.float32) -> Dict[str, torch.Tensor]:
     """Rename an openai GLIDE UNet state dict to mmagic keys under ``prefix``.
@@ -298,7 +318,7 @@ def convert_openai_checkpoint(base, upsample=None, clip=None) -> Tuple[Dict[str,
         stages.append(('unet_up', 'diffusion_scheduler_up', upsample, 'linear'))
     for name, sched_name, obj, default_schedule in stages:
         options = obj.get('options') if isinstance(obj, dict) else None
-        sd = unwrap_state_dict(obj)
+        sd = check_openai_unet(obj, f'the {"upsample" if name == "unet_up" else "base"} file')
         unet_cfg = infer_unet_config(sd, options)
         is_up = unet_cfg['type'].startswith('SuperRes')
         if is_up != (name == 'unet_up'):

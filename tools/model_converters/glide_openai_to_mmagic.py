@@ -14,11 +14,8 @@ config that ``mmagic.apis.init_model`` loads the output with (with a CLIP,
 ``model.clip`` is the ``NoisedCLIP`` config).
 """
 import argparse
-import os
 import os.path as osp
 import sys
-
-import torch
 
 # runnable from a checkout without installing it, like the other tools
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -57,22 +54,33 @@ def load_clip(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from projects.glide.checkpoint import load_checkpoint_file
-    from projects.glide.convert import config_text, convert_openai_checkpoint
+    from projects.glide.convert import check_openai_unet, config_text, convert_openai_checkpoint
+    from projects.glide.engine.cli_checks import UsageError, check_checkpoint, check_output_file
+    from projects.glide.fileio import atomic_save, atomic_write_text
+    inputs = [('--base', args.base), ('--upsample', args.upsample), ('--clip', args.clip),
+              ('--clip-image', args.clip_image), ('--clip-text', args.clip_text)]
     try:
-        for path in (args.out, args.config_out):
-            if path and not os.access(osp.dirname(osp.abspath(path)), os.W_OK):
-                raise PermissionError(f'cannot write {path}: its folder is missing or not writable')
+        for flag, path in inputs:
+            if path:
+                check_checkpoint(path, f'{flag} checkpoint file')
+        sources = [path for _, path in inputs]
+        out = check_output_file(args.out, '--out', sources)
+        config_out = args.config_out and check_output_file(args.config_out, '--config-out', sources)
+        if config_out == out:
+            raise UsageError(f'--out and --config-out are the same file: {out}')
         base = load_checkpoint_file(args.base, 'cpu')
+        check_openai_unet(base, f'--base {args.base}')
         upsample = load_checkpoint_file(args.upsample, 'cpu') if args.upsample else None
+        if upsample is not None:
+            check_openai_unet(upsample, f'--upsample {args.upsample}')
         state_dict, model = convert_openai_checkpoint(base, upsample, load_clip(args))
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except (UsageError, OSError, RuntimeError, ValueError, KeyError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    torch.save(dict(state_dict=state_dict, meta=dict(converted_from='openai glide-text2im')), args.out)
+    atomic_save(dict(state_dict=state_dict, meta=dict(converted_from='openai glide-text2im')), out)
     print(f'wrote {args.out} ({len(state_dict)} tensors)')
-    if args.config_out:
-        with open(args.config_out, 'w') as f:
-            f.write(config_text(model))
+    if config_out:
+        atomic_write_text(config_text(model), config_out)
         print(f'wrote {args.config_out}')
     return 0
 

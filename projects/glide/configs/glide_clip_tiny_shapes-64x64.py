@@ -9,32 +9,15 @@
 #                projects/glide/weights/glide_clip_tiny_shapes-64x64.pth
 #   publish: python tools/model_converters/glide_publish.py WORK_DIR/iter_N.pth \
 #                projects/glide/weights/glide_clip_tiny_shapes-64x64.pth --fp16
-custom_imports = dict(
-    imports=['projects.glide'],
-    allow_failed_imports=False)
-default_scope = 'mmagic'
-randomness = dict(seed=0)
+_base_ = ['./_base_/default_runtime.py', './_base_/models/clip_tiny_shapes.py']
 
-# the CLIP token table keeps all 49408 rows of the tokenizer (most of the
-# file); shapes captions and their negatives are < 20 BPE tokens
 model = dict(
     type='NoisedCLIPModel',
-    clip=dict(
-        type='NoisedCLIP',
-        text_encoder=dict(width=64, heads=4, layers=4, vocab_size=49408, text_ctx=32),
-        image_encoder=dict(width=128, heads=4, layers=4, image_size=64, patch_size=8,
-                           num_timesteps=1000),
-        embed_dim=64,
-        logit_scale=30.,
-        tokenizer=dict(type='GlideCLIPTokenizer')),
+    clip={{_base_.clip_tiny_shapes}},
     beta_schedule='squaredcos_cap_v2',
     eval_timesteps=(0, 250, 500, 750, 900),
-    # the image tower adds position embeddings to its patch features: with
-    # PyTorch's default init the patch features are an order of magnitude
-    # larger and the tower barely sees where things are (a position, a
-    # relation, a shape's outline across patches); a small patch projection
-    # starts both at the same scale (and the position embeddings learn at 10x
-    # the rate, see optim_wrapper)
+    # a small patch projection starts the patch features at the scale of the position embeddings, so the tower sees
+    # where things are (docs/research/clip-shapes.md)
     init_cfg=dict(type='Normal', layer='Conv2d', std=0.004))
 
 # ---------------------------------------------------------------- training
@@ -64,19 +47,11 @@ param_scheduler = [
 custom_hooks = [
     dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.01, priority='NORMAL')
 ]
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=500, by_epoch=False, max_keep_ckpts=3),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
-log_processor = dict(by_epoch=False)
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=500, max_keep_ckpts=3))
+env_cfg = dict(cudnn_benchmark=False)
 
 # ------------------------------------------------------- validation / test
-# retrieval of each image's caption against its hard negatives at fixed noise
-# levels: validation on scenes of the training distribution (another
-# stream), test on the 256 held-out scenes of glide_tiny_shapes-64x64.py
+# retrieval of each image's caption among its hard negatives at fixed noise levels (val: seen scenes, test: held out)
 _eval_loader = dict(
     batch_size=64,
     num_workers=0,

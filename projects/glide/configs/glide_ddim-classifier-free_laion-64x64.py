@@ -1,7 +1,8 @@
 # GLIDE base model, 64x64, DDIM sampling with classifier-free guidance.
 # Checkpoints: glide_laion-64x64-02afff47.pth (OpenMMLab) or openai's base.pt
 # converted with tools/model_converters/glide_openai_to_mmagic.py.
-_base_ = ['./_base_glide_unets.py']
+_base_ = ['./_base_/models/glide_laion.py']
+# inference only: the registry scope, no training runtime
 custom_imports = dict(imports=['projects.glide'], allow_failed_imports=False)
 default_scope = 'mmagic'
 

@@ -18,21 +18,12 @@ model = dict(
         xf_layers=1,
         xf_heads=1,
         norm_groups=8),
-    # No clamp of the x0 guesses while upsampling: most channels of the
-    # shapes colours are 0 or 255, where clamping a noisy guess removes only
-    # its outward errors, so flat areas drifted inward by 2-5 levels
-    # (docs/research/base-model-history.md).
+    # no clamp of the x0 guesses: at colour channels of 0 or 255 clamping keeps only the inward errors
     diffusion_scheduler_up=dict(
         type='GlideDDIMScheduler', num_train_timesteps=1000, beta_schedule='linear',
         clip_sample=False),
-    # At high noise only the low-res input tells the colours, but the plain eps
-    # MSE weighs the x0 error there by SNR ~ 0, so an upsampler trained with it
-    # copies the input late: weight the x0 error where SNR < 1. Offset noise
-    # hides the overall colour in x_t, so the model takes it from the low-res
-    # input rather than from a chain that drifted; at 0.3 rather than the base
-    # model's 0.15, because x_t's mean stays reliable down to low noise, where
-    # the model must still learn to overrule it. Uniform timesteps; the coarse
-    # noise and the foreground weight are the base model's.
+    # the x0 error weighed where SNR < 1 and stronger offset noise, so that the colours come from the low-res
+    # input rather than from x_t (docs/research/base-model-history.md)
     train_cfg=dict(_delete_=True, stage='upsampler', caption_dropout=0.2,
                    timestep_sampler=dict(type='UniformTimestepSampler'),
                    noise=dict(type='TrainingNoise', offset=0.3, coarse=0.3),
@@ -40,9 +31,7 @@ model = dict(
                    pixel_weights=[dict(type='ForegroundPixelWeight', weight=4.)]),
     test_cfg=dict(guidance_scale=3., num_inference_steps=25, num_inference_steps_up='fast27'))
 
-# The upsampler has no attention, so it learns from 128x128 windows of the 256
-# render and the matching 32x32 windows of the 64 render (a quarter of the
-# compute of whole images) and still upsamples whole 64x64 images at test time.
+# no attention: it learns from 128x128 windows (and their 32x32 low-res windows) and upsamples whole images
 train_dataloader = dict(
     batch_size=16,
     dataset=dict(type='ShapesDataset', split='train', size=200_000, seed=2, resolution=256,

@@ -1,7 +1,5 @@
 """Saving generated images: file names, atomic PNG writes, captioned grids."""
 import math
-import os
-import os.path as osp
 import re
 import unicodedata
 from typing import Dict, List, Optional, Sequence
@@ -9,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from projects.glide.fileio import atomic_path
 from projects.glide.images import to_hwc_uint8
 
 GRID_PAD = 4
@@ -46,14 +45,8 @@ def save_png(image, path: str, text: Optional[Dict[str, str]] = None) -> None:
         info = PngInfo()
         for key, value in text.items():
             info.add_itxt(key, str(value))
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format='PNG', pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_png_text(path: str) -> Dict[str, str]:

@@ -2,6 +2,7 @@
 import glob
 import os
 import os.path as osp
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -51,6 +52,10 @@ class GlideImageSaverHook(Hook):
         grid_ncols (int | None): grid columns (default ``ceil(sqrt(n))``).
         save_low_res (bool): also save the base-stage images of a cascade
             (``low_res_image``) to ``out_dir/low_res/``.
+        clear_previous (bool): before testing, delete the images a previous
+            run left in ``out_dir`` (only the files this hook names:
+            ``NNNNN_slug.png``, the grid and those in ``low_res/``), so that
+            the folder holds this run's images only (``tools/test.py`` sets it).
     """
     priority = 'LOW'
 
@@ -60,13 +65,15 @@ class GlideImageSaverHook(Hook):
                  grid_name: str = 'grid.png',
                  grid_max_items: int = 64,
                  grid_ncols: Optional[int] = None,
-                 save_low_res: bool = False):
+                 save_low_res: bool = False,
+                 clear_previous: bool = False):
         self.out_dir = out_dir
         self.save_grid = save_grid
         self.grid_name = grid_name
         self.grid_max_items = int(grid_max_items)
         self.grid_ncols = grid_ncols
         self.save_low_res = save_low_res
+        self.clear_previous = clear_previous
         self.saved: Sequence[str] = []
 
     # -------------------------------------------------------------- helpers
@@ -83,6 +90,12 @@ class GlideImageSaverHook(Hook):
         self._position = 0
         self._seen = set()
         self.saved = []
+        if self.clear_previous and self._rank == 0:
+            removed = self._clear(self._dir(runner))
+            if removed:
+                runner.logger.info(f'GlideImageSaverHook: removed {removed} images of a previous run from '
+                                   f'{self._dir(runner)}')
+        barrier()  # no rank writes before the old images are gone
         os.makedirs(self._dir(runner), exist_ok=True)
         if self.save_low_res:
             os.makedirs(osp.join(self._dir(runner), 'low_res'), exist_ok=True)
@@ -125,6 +138,20 @@ class GlideImageSaverHook(Hook):
             if self.save_grid:
                 self._write_grid(runner)
         barrier()
+
+    def _clear(self, out_dir: str) -> int:
+        """Delete the files this hook writes (and only those) from ``out_dir``; their number."""
+        owned = re.compile(r'^\d{5}_[a-z0-9-]+\.png$')
+        removed = 0
+        for folder, grid in ((out_dir, self.grid_name), (osp.join(out_dir, 'low_res'), None)):
+            if not osp.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                path = osp.join(folder, name)
+                if (owned.match(name) or name == grid) and osp.isfile(path):
+                    os.remove(path)
+                    removed += 1
+        return removed
 
     def _write_grid(self, runner) -> None:
         out_dir = self._dir(runner)

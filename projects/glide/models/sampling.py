@@ -8,6 +8,7 @@ guidance through the scheduler's ``cond_fn``, the inpainting ``denoised_fn``, an
 2022: the source image noised to a kept timestep, then the remaining steps).
 """
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -17,7 +18,14 @@ from mmagic.registry import DIFFUSION_SCHEDULERS
 from torch import nn
 from tqdm import tqdm
 
-from .diffusion import GlideDDIMScheduler, GlideDDPMScheduler, GlideDPMSolverScheduler, GlideSchedulerBase
+from .diffusion import (
+    GlideDDIMScheduler,
+    GlideDDPMScheduler,
+    GlideDPMSolverScheduler,
+    GlideSchedulerBase,
+    respaced_timesteps,
+)
+from .prompting import Composition
 from .unet import InpaintText2ImUNet, SuperResInpaintText2ImUNet
 
 Prompt = Union[str, Sequence[str]]
@@ -26,6 +34,9 @@ Prompt = Union[str, Sequence[str]]
 #: (a config's ``test_cfg`` overrides them): GLIDE's notebook settings
 SAMPLING_DEFAULTS = dict(guidance_scale=3., num_inference_steps=50, num_inference_steps_up='fast27',
                          upsample_temp=0.997)
+
+#: how far an input image may stray outside [-1, 1] (the rounding of a conversion) before it is an error
+IMAGE_RANGE_TOL = 1e-3
 
 #: names accepted by ``infer(sampler=...)``
 SAMPLERS = {
@@ -54,6 +65,9 @@ class StageRequest:
         cond_fn: guidance gradient ``cond_fn(x_t, t)`` (B rows, ``t`` the
             ORIGINAL timesteps) handed to the scheduler's ``step`` (CLIP
             guidance), or None.
+        composition: with composed prompts (``prompting.py``), how the
+            R part rows and B unconditional rows of ``text_emb`` combine
+            (then ``guidance_scale`` is unused), or None.
         image: (B, 3, H, W) in [-1, 1] to start from (img2img), or None.
         strength: with ``image``, in (0, 1]: start at the largest kept
             timestep <= strength * T.
@@ -69,6 +83,7 @@ class StageRequest:
     cond: Dict[str, torch.Tensor] = field(default_factory=dict)
     denoised_fn: Optional[Callable] = None
     cond_fn: Optional[Callable] = None
+    composition: Optional[Composition] = None
     image: Optional[torch.Tensor] = None
     strength: Optional[float] = None
     show_progress: bool = False
@@ -81,7 +96,9 @@ def strength_timestep(strength: float, num_train_timesteps: int) -> int:
 
 
 def sample_stage(request: StageRequest, memory_format: torch.memory_format) -> torch.Tensor:
-    """Run one stage; (B, 3, H, W) samples in [-1, 1]."""
+    """Run one stage; (B, 3, H, W) samples clamped to [-1, 1] (with the
+    scheduler's ``clip_sample`` the last x0 is clamped already; without it
+    the chain may end outside the range the images are defined on)."""
     scheduler, unet = request.scheduler, request.unet
     start = (None if request.image is None else
              strength_timestep(request.strength, scheduler.num_train_timesteps))
@@ -90,18 +107,27 @@ def sample_stage(request: StageRequest, memory_format: torch.memory_format) -> t
     if request.image is not None:
         x = scheduler.add_noise(request.image, x, scheduler.timesteps[0])
     b = x.shape[0]
-    guidance = request.guidance_scale
-    cond = {k: torch.cat([v, v]) if guidance is not None else v for k, v in request.cond.items()}
-    cond = {k: v.contiguous(memory_format=memory_format) for k, v in cond.items()}
+    guidance, composition = request.guidance_scale, request.composition
+    if composition is not None:
+        rows = composition.expand
+    elif guidance is not None:
+        def rows(v):
+            return torch.cat([v, v])
+    else:
+        def rows(v):
+            return v
+    cond = {k: rows(v).contiguous(memory_format=memory_format) for k, v in request.cond.items()}
     for t in tqdm(scheduler.timesteps, desc=request.desc, disable=not request.show_progress, leave=False):
-        x_in = (torch.cat([x, x]) if guidance is not None else x).contiguous(memory_format=memory_format)
+        x_in = rows(x).contiguous(memory_format=memory_format)
         out = unet(x_in, t.to(x.device).expand(x_in.shape[0]), text_emb=request.text_emb, **cond).float()
-        if guidance is not None:
+        if composition is not None:
+            out = composition.combine(out)
+        elif guidance is not None:
             eps_c, eps_u = out[:b, :3], out[b:, :3]
             out = torch.cat([eps_u + guidance * (eps_c - eps_u), out[:b, 3:]], dim=1)
         x = scheduler.step(out, t, x, generator=request.generator, denoised_fn=request.denoised_fn,
                            cond_fn=request.cond_fn).prev_sample
-    return x
+    return x.clamp(-1, 1)
 
 
 def build_sampler(base: GlideSchedulerBase, sampler: Union[None, str, dict]) -> GlideSchedulerBase:
@@ -139,40 +165,165 @@ def check_prompts(prompt: Optional[Prompt], batch_size: int, name: str = 'prompt
 
 def make_generator(seed: Optional[int], generator: Optional[torch.Generator],
                    device: torch.device) -> Optional[torch.Generator]:
-    """A generator on ``device`` seeded with ``seed``, or ``generator`` (not both)."""
+    """A generator on ``device`` seeded with ``seed`` (an int in torch's
+    range [-2**63, 2**64)), or ``generator`` (a ``torch.Generator``; not both)."""
     if seed is not None and generator is not None:
         raise ValueError('pass seed or generator, not both')
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = ' (pass an int as seed=)' if isinstance(generator, numbers.Number) else ''
+        raise TypeError(f'generator must be a torch.Generator, got {_type_name(generator)}{hint}')
     if seed is None:
         return generator
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f'seed must be an int, got {seed!r} ({_type_name(seed)})')
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f'seed must be in [-2**63, 2**64), got {seed}')
     return torch.Generator(device).manual_seed(int(seed))
+
+
+def check_noise(init_image: Optional[torch.Tensor], shape: Tuple[int, ...],
+                name: str = 'init_image') -> Optional[torch.Tensor]:
+    """A given start noise x_T: a finite float tensor of ``shape`` (or twice
+    its batch, of which the first half); None stays None."""
+    if init_image is None:
+        return None
+    check_tensor(init_image, name)
+    if not init_image.is_floating_point():
+        raise TypeError(f'{name} is the start noise x_T: it must be a float tensor, got {init_image.dtype}')
+    if init_image.dim() == 4 and init_image.shape[0] == 2 * shape[0]:
+        init_image = init_image[:shape[0]]  # upstream mmagic passes both CFG halves
+    if tuple(init_image.shape) != tuple(shape):
+        raise ValueError(f'{name} must have shape {tuple(shape)} (or twice the batch), '
+                         f'got {tuple(init_image.shape)}')
+    check_finite(init_image, name)
+    return init_image
 
 
 def start_noise(init_image: Optional[torch.Tensor], shape: Tuple[int, ...], generator, device,
                 scale: float = 1.) -> torch.Tensor:
-    """The start noise x_T: ``init_image`` verbatim, else N(0, scale^2) draws."""
+    """The start noise x_T: ``init_image`` verbatim (see :func:`check_noise`), else N(0, scale^2) draws."""
     if init_image is None:
         noise = torch.randn(shape, generator=generator, device=device)
         return noise * scale if scale != 1 else noise
-    if not torch.is_tensor(init_image):
-        raise TypeError(f'init_image must be a tensor, got {type(init_image).__name__}')
-    if init_image.dim() == 4 and init_image.shape[0] == 2 * shape[0]:
-        init_image = init_image[:shape[0]]  # upstream mmagic passes both CFG halves
-    if tuple(init_image.shape) != tuple(shape):
-        raise ValueError(f'init_image must have shape {tuple(shape)} (or twice the batch), '
-                         f'got {tuple(init_image.shape)}')
-    return init_image.to(device, torch.float32)
+    return check_noise(init_image, shape).to(device, torch.float32)
 
 
-def _check_image(image: torch.Tensor, name: str, batch_size: int) -> None:
-    """Errors unless ``image`` is (1|B, 3, H, W) in [-1, 1]."""
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == 'builtins' else f'{kind.__module__}.{kind.__name__}'
+
+
+def check_tensor(value, name: str) -> torch.Tensor:
+    """Errors unless ``value`` is a tensor (a numpy array is named as such)."""
+    if not torch.is_tensor(value):
+        hint = ' (convert it with torch.from_numpy)' if type(value).__module__ == 'numpy' else ''
+        raise TypeError(f'{name} must be a tensor, got {_type_name(value)}{hint}')
+    return value
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> None:
+    """Errors if a float ``tensor`` holds NaN or inf (they would flow through to an all-NaN image)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f'{name} holds NaN or inf values')
+
+
+def check_number(value, name: str, minimum: Optional[float] = None) -> float:
+    """``value`` as a finite float (>= ``minimum`` if given); errors name ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f'{name} must be a number, got {value!r} ({_type_name(value)})')
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        bound = '' if minimum is None else f' >= {minimum:g}'
+        raise ValueError(f'{name} must be a finite number{bound}, got {value!r}')
+    return float(value)
+
+
+def check_steps(steps: Union[int, str], name: str, num_train_timesteps: int) -> None:
+    """Errors, naming ``name``, unless ``steps`` is a valid respacing (int or spec such as 'fast27')."""
+    try:
+        respaced_timesteps(steps, num_train_timesteps)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f'{name}: {err}') from None
+
+
+def check_upsampler_inputs(unet_up: Optional[nn.Module], scheduler_up: Optional[GlideSchedulerBase],
+                           batch_size: int, init_image: Optional[torch.Tensor], upsample_temp: float,
+                           steps: Union[int, str], suffix: str = '') -> None:
+    """The checks of the upsampler's arguments, named ``init_image{suffix}``
+    and ``num_inference_steps{suffix}``: ``infer`` runs them (suffix
+    ``'_up'``) before the base stage, so that a bad one fails at once and
+    under its own name."""
+    check_number(upsample_temp, 'upsample_temp', minimum=0)
+    if unet_up is None:
+        return
+    size = unet_up.image_size
+    check_noise(init_image, (batch_size, 3, size, size), f'init_image{suffix}')
+    check_steps(steps, f'num_inference_steps{suffix}', scheduler_up.num_train_timesteps)
+
+
+def check_infer_args(model: nn.Module, batch_size: int, guidance_scale: float, steps: Union[int, str],
+                     init_image_up: Optional[torch.Tensor], upsample_temp: float,
+                     steps_up: Union[int, str]) -> Optional[float]:
+    """``Glide.infer``'s checks of the guidance scale, the steps and the
+    upsampler's arguments, before any work; returns the guidance scale as a
+    float, None for 1 (no guidance)."""
+    guidance = check_number(guidance_scale, 'guidance_scale')
+    check_steps(steps, 'num_inference_steps', model.diffusion_scheduler.num_train_timesteps)
+    check_upsampler_inputs(model.unet_up, model.diffusion_scheduler_up, batch_size, init_image_up,
+                           upsample_temp, steps_up, suffix='_up')
+    return None if guidance == 1 else guidance
+
+
+def check_infer_up_args(model: nn.Module, low_res_img: torch.Tensor, batch_size: Optional[int],
+                        init_image: Optional[torch.Tensor], upsample_temp: float, steps: Union[int, str]) -> int:
+    """``Glide.infer_up``'s checks (:func:`check_low_res` and the upsampler's
+    arguments) before any work; returns the batch size B."""
+    batch_size = check_low_res(low_res_img, batch_size)
+    check_upsampler_inputs(model.unet_up, model.diffusion_scheduler_up, batch_size, init_image, upsample_temp,
+                           steps)
+    return batch_size
+
+
+def check_image(image: torch.Tensor, name: str, batch_size: int) -> None:
+    """Errors unless ``image`` is a finite float tensor (1|B, 3, H, H) in
+    [-1, 1] (up to ``IMAGE_RANGE_TOL``): a uint8 image or a float one in
+    [0, 255] would otherwise be used as it is."""
+    check_tensor(image, name)
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f'{name} must be (B, 3, H, W) RGB in [-1, 1], got '
                          f'{tuple(image.shape)} (drop an alpha channel first)')
-    if image.min() < -1 - 1e-3 or image.max() > 1 + 1e-3:
+    if not image.is_floating_point():
+        raise TypeError(f'{name} must be a float image in [-1, 1], got {image.dtype}: convert it first '
+                        '(uint8: image.float() / 127.5 - 1)')
+    if image.shape[-1] != image.shape[-2]:
+        raise ValueError(f'{name} must be square (H = W), got {image.shape[-2]}x{image.shape[-1]}: crop or '
+                         'pad it first')
+    check_finite(image, name)
+    if image.min() < -1 - IMAGE_RANGE_TOL or image.max() > 1 + IMAGE_RANGE_TOL:
         raise ValueError(f'{name} must be in [-1, 1], got values in '
-                         f'[{image.min().item():.3g}, {image.max().item():.3g}]')
+                         f'[{image.min().item():.3g}, {image.max().item():.3g}] (an image in [0, 255]: '
+                         'divide by 127.5 and subtract 1)')
     if image.shape[0] not in (1, batch_size):
         raise ValueError(f'{name} has batch {image.shape[0]}, expected 1 or {batch_size}')
+
+
+def check_batch_size(batch_size) -> int:
+    """Errors unless ``batch_size`` is a positive int."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+    return batch_size
+
+
+def check_low_res(low_res_img: torch.Tensor, batch_size: Optional[int]) -> int:
+    """``infer_up``'s input, (B, 3, h, h) float in [-1, 1] (see :func:`check_image`);
+    returns B, which ``batch_size`` (None: B) must equal."""
+    check_tensor(low_res_img, 'low_res_img')
+    rows = low_res_img.shape[0] if low_res_img.dim() == 4 else 1
+    check_image(low_res_img, 'low_res_img', rows)
+    if batch_size is None:
+        return rows
+    if check_batch_size(batch_size) != rows:
+        raise ValueError(f'low_res_img has {rows} images but batch_size is {batch_size}')
+    return rows
 
 
 def _resized(image: torch.Tensor, batch_size: int, size: int, device) -> torch.Tensor:
@@ -193,14 +344,15 @@ def inpaint_condition(unet: nn.Module, image: Optional[torch.Tensor], mask: Opti
         if inpainting_unet:
             raise ValueError('this is an inpainting model: pass inpaint_image and inpaint_mask')
         return {}, None
-    if not torch.is_tensor(image) or not torch.is_tensor(mask):
-        raise TypeError('inpaint_image and inpaint_mask must both be tensors')
+    check_tensor(image, 'inpaint_image')
+    check_tensor(mask, 'inpaint_mask')
     if mask.dim() != 4 or mask.shape[1] != 1:
         raise ValueError(f'inpaint_mask must be (B, 1, H, W), got {tuple(mask.shape)}')
     if image.dim() == 4 and image.shape[-2:] != mask.shape[-2:]:
         raise ValueError(f'inpaint_image is {tuple(image.shape[-2:])} but inpaint_mask is '
                          f'{tuple(mask.shape[-2:])}: they must have the same size')
-    _check_image(image, 'inpaint_image', batch_size)
+    check_image(image, 'inpaint_image', batch_size)
+    check_finite(mask, 'inpaint_mask')
     if mask.shape[0] not in (1, batch_size):
         raise ValueError(f'inpaint_mask has batch {mask.shape[0]}, expected 1 or {batch_size}')
     known = image.shape[-1] == size and image.shape[-2] == size
@@ -237,8 +389,7 @@ def check_strength(image: Optional[torch.Tensor], strength: Optional[float]) -> 
         raise ValueError('image and strength must be given together (img2img: strength in (0, 1])')
     if strength is None:
         return
-    if not torch.is_tensor(image):
-        raise TypeError(f'image must be a tensor, got {type(image).__name__}')
+    check_tensor(image, 'image')
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise ValueError(f'strength must be in (0, 1], got {strength!r}')
 
@@ -247,7 +398,7 @@ def img2img_image(image: Optional[torch.Tensor], batch_size: int, size: int, dev
     """An img2img source (1|B, 3, H, W) in [-1, 1] as (B, 3, size, size); None stays None."""
     if image is None:
         return None
-    _check_image(image, 'image', batch_size)
+    check_image(image, 'image', batch_size)
     return _resized(image, batch_size, size, device)
 
 

@@ -12,6 +12,7 @@ tokens.
 import gzip
 import json
 import os.path as osp
+import warnings
 from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple, Union
 
@@ -40,6 +41,14 @@ def _byte_to_unicode() -> dict:
             table[b] = chr(256 + extra)
             extra += 1
     return table
+
+
+def warn_truncated(num_tokens: int, limit: int, model: str) -> None:
+    """Warn that a prompt of ``num_tokens`` BPE tokens loses all past ``limit``
+    (the ``model``'s context): the dropped words change nothing in the image."""
+    if num_tokens > limit:
+        warnings.warn(f'prompt is {num_tokens} tokens long but {model} reads at most {limit}: the last '
+                      f'{num_tokens - limit} tokens are dropped', stacklevel=4)
 
 
 def merge_symbols(symbols: List[str], ranks: Dict[Tuple[str, str], int]) -> List[str]:
@@ -111,7 +120,8 @@ class GlideTokenizer:
         return ids
 
     def padded_tokens_and_mask(self, tokens: Sequence[int]) -> Tuple[List[int], List[bool]]:
-        """Truncate to ``text_ctx`` and pad with the end token; mask is True on real tokens."""
+        """Truncate to ``text_ctx`` (with a warning) and pad with the end token; mask is True on real tokens."""
+        warn_truncated(len(tokens), self.text_ctx, "GLIDE's text encoder")
         tokens = list(tokens)[:self.text_ctx]
         pad = self.text_ctx - len(tokens)
         return tokens + [self.end_token] * pad, [True] * len(tokens) + [False] * pad

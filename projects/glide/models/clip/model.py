@@ -9,15 +9,19 @@ sum_b z_text[b] . z_image(x, t)[b]]``, so prompt b steers row b. The CLIP
 always computes in float32, whatever precision the UNets run in.
 """
 import math
+from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmagic.registry import MODELS
 
-from ...checkpoint import check_state_dict
+from ...checkpoint import check_state_dict, load_checkpoint_file
 from .encoders import NoisedCLIPImageEncoder, NoisedCLIPTextEncoder
 from .tokenizer import GlideCLIPTokenizer
+
+#: the folder holding ``projects/``: relative ``pretrained`` paths resolve here too
+PROJECT_ROOT = Path(__file__).resolve().parents[4]
 
 
 def normalize(z: torch.Tensor) -> torch.Tensor:
@@ -40,6 +44,13 @@ class NoisedCLIP(nn.Module):
         logit_scale (float): the similarity factor (100, kept as its log).
         tokenizer (dict): the prompt tokenizer; its ``text_ctx`` defaults to
             the text encoder's.
+        pretrained (str | None): a checkpoint to load at build time (strict,
+            ``weights_only``): a NoisedCLIP state dict, bare or under
+            ``state_dict``, its keys bare or prefixed ``clip.`` (a Glide
+            checkpoint). A relative path is tried from the working directory,
+            then from the project root, so a config can name a bundled file;
+            a ``Glide`` whose CLIP is pretrained loads checkpoints without
+            ``clip.`` keys (e.g. the bundled base model beside the bundled CLIP).
     """
 
     def __init__(self,
@@ -47,7 +58,8 @@ class NoisedCLIP(nn.Module):
                  image_encoder: Optional[dict] = None,
                  embed_dim: int = 512,
                  logit_scale: float = 100.,
-                 tokenizer: dict = dict(type='GlideCLIPTokenizer')):
+                 tokenizer: dict = dict(type='GlideCLIPTokenizer'),
+                 pretrained: Optional[str] = None):
         super().__init__()
         self.text_encoder = NoisedCLIPTextEncoder(**(text_encoder or {}), embed_dim=embed_dim)
         self.image_encoder = NoisedCLIPImageEncoder(**(image_encoder or {}), embed_dim=embed_dim)
@@ -62,6 +74,20 @@ class NoisedCLIP(nn.Module):
             raise ValueError(f'tokenizer.text_ctx {self.tokenizer.text_ctx} differs from the text '
                              f'encoder\'s text_ctx {self.text_encoder.text_ctx}')
         self._register_load_state_dict_pre_hook(self._check_checkpoint, with_module=False)
+        self.pretrained = pretrained
+        if pretrained is not None:
+            self.load_pretrained(pretrained)
+
+    def load_pretrained(self, filename: str) -> None:
+        """Load the weights of ``filename`` (see ``pretrained``), cast to float32."""
+        path = Path(filename).expanduser()
+        if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+            path = PROJECT_ROOT / path
+        state = load_checkpoint_file(str(path), map_location='cpu')
+        state = state.get('state_dict', state)
+        if any(k.startswith('clip.') for k in state):
+            state = {k[len('clip.'):]: v for k, v in state.items() if k.startswith('clip.')}
+        self.load_state_dict({k: v.float() for k, v in state.items()})
 
     def _check_checkpoint(self, state_dict, prefix, *args):
         """Refuse a checkpoint whose keys or shapes differ when loaded on its own

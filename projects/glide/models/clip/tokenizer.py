@@ -21,7 +21,7 @@ import regex
 import torch
 from mmagic.registry import MODELS
 
-from ..tokenizer import _byte_to_unicode, merge_symbols
+from ..tokenizer import _byte_to_unicode, merge_symbols, warn_truncated
 
 DEFAULT_CLIP_BPE = osp.join(osp.dirname(osp.dirname(osp.dirname(__file__))), 'data', 'clip-bpe',
                             'bpe_simple_vocab_16e6.txt.gz')
@@ -97,7 +97,9 @@ class GlideCLIPTokenizer:
 
     def padded_tokens_and_len(self, ids: Sequence[int]) -> Tuple[List[int], int]:
         """Start token, the first ``text_ctx - 2`` ids, end token, zeros up to
-        ``text_ctx``; and the length including start and end."""
+        ``text_ctx``; and the length including start and end. Longer prompts
+        are cut, with a warning."""
+        warn_truncated(len(ids), self.text_ctx - 2, "the CLIP's text encoder")
         tokens = [self.start_token] + list(ids)[:self.text_ctx - 2] + [self.end_token]
         return tokens + [self.pad_token] * (self.text_ctx - len(tokens)), len(tokens)
 

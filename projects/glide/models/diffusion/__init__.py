@@ -6,13 +6,8 @@ DPM-Solver++ (Lu et al. 2022) and k-diffusion; see each module.
 from .ddim import GlideDDIMScheduler
 from .ddpm import GlideDDPMScheduler
 from .dpm_solver import GlideDPMSolverScheduler
-from .gaussian import (
-                       GaussianDiffusion,
-                       approx_standard_normal_cdf,
-                       discretized_gaussian_log_likelihood,
-                       mean_flat,
-                       normal_kl,
-)
+from .gaussian import GaussianDiffusion
+from .loss_terms import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .scheduler_base import GlideSchedulerBase, GlideSchedulerOutput
 from .schedules import betas_for_alpha_bar, get_named_beta_schedule, respace_betas, respaced_timesteps, space_timesteps
 

@@ -28,7 +28,11 @@ from typing import Callable, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .loss_terms import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .schedules import RespacingSpec, get_named_beta_schedule, respace_betas, respaced_timesteps
+
+# the loss terms are part of this module's API (the package exports them from here)
+__all__ = ['GaussianDiffusion', 'CondFn', 'DenoisedFn', 'IndexLike']
 
 DenoisedFn = Optional[Callable[[torch.Tensor], torch.Tensor]]
 IndexLike = Union[int, torch.Tensor, Sequence[int]]
@@ -53,43 +57,6 @@ def _extract(arr: np.ndarray, idx: torch.Tensor, x: torch.Tensor
     """
     res = torch.from_numpy(arr)[idx.cpu()].float().to(x.device)
     return res.reshape(res.shape + (1, ) * (x.dim() - res.dim()))
-
-
-def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over all non-batch dimensions."""
-    return tensor.mean(dim=list(range(1, tensor.dim())))
-
-
-def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
-    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) +
-                  ((mean1 - mean2)**2) * torch.exp(-logvar2))
-
-
-def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    """Tanh approximation of the standard normal CDF (as in the reference)."""
-    return 0.5 * (1.0 + torch.tanh(
-        np.sqrt(2.0 / np.pi) * (x + 0.044715 * torch.pow(x, 3))))
-
-
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
-                                        log_scales: torch.Tensor
-                                        ) -> torch.Tensor:
-    """Log-likelihood of 8-bit data ``x`` in [-1, 1] under a Gaussian whose
-    mass is integrated over each bin of width 2/255 (edges open-ended);
-    Ho et al. 2020's decoder, elementwise, in nats."""
-    assert x.shape == means.shape == log_scales.shape
-    centered_x = x - means
-    inv_stdv = torch.exp(-log_scales)
-    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered_x + 1.0 / 255.0))
-    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered_x - 1.0 / 255.0))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    cdf_delta = cdf_plus - cdf_min
-    return torch.where(
-        x < -0.999, log_cdf_plus,
-        torch.where(x > 0.999, log_one_minus_cdf_min,
-                    torch.log(cdf_delta.clamp(min=1e-12))))
 
 
 # --------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Does a shapes model tie each kind of shape to its colour? Linear probes on
 its text encoder, where its shapes' pixels look, and which text feature
-draws a shape's kind.
+draws a shape's kind (the tables of
+``projects/glide/research/tools/text_binding_probe.py``).
 
-    python tools/text_binding_probe.py CONFIG CHECKPOINT [--seed 0] [--scenes 48] [--swaps 12] [--routed 0]
-        [--own-phrase 0]
+The probe reads and changes the model only through its public seams: the
+UNet's attention processors (:mod:`projects.glide.research.attention`),
+``Glide.encode_prompt`` / ``infer(text_emb=...)`` for edited text states,
+and ``infer(image=..., strength=...)`` to start from a noised image.
 
 A caption with two shapes of different kinds, ``a C1 K1 REL a C2 K2 on a BG
 background``, draws the right picture only if the model can tell which kind
@@ -21,7 +24,7 @@ position, which takes in the whole caption: a kind there is a kind that any
 pixel can read, whichever shape it belongs to. The three tables take about
 a minute and a half on a CPU, against ~17 minutes for a 256-caption
 ``tools/test.py`` run, so they are a cheap first check of a change
-(docs/default_model.md, "Why the class lags").
+(docs/research/binding-history.md).
 
 The second table is the UNet's side: for ``--scenes`` true two-shape renders
 (different kinds, seen split) noised to timesteps 900 and 600, the attention
@@ -66,17 +69,28 @@ background``, encoded apart) and the other pixels the caption's, in every
 text attention block, on the conditional rows. The judge counts as for the
 fourth table. About 8N seconds on a CPU.
 """
-import argparse
 import contextlib
-import functools
 import itertools
-import os.path as osp
-import sys
-from typing import Dict, List, Sequence, Tuple
+import re
+from typing import Dict, Iterator, List, Sequence, Tuple
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmagic.registry import DATASETS
+from mmengine.registry import init_default_scope
+
+from projects.glide.datasets.shapes import COLORS, KINDS, RELATIONS, parse_caption, render_scene, sample_scene
+from projects.glide.evaluation.shapes_accuracy import judge_image
+from projects.glide.images import to_uint8
+
+from .attention import (
+    KindRoutingAttnProcessor,
+    OwnPhraseAttnProcessor,
+    recorded_text_attention,
+    wrapped_attn_processors,
+)
+from .transforms import render_kind_neutral, render_shape_boxes, render_shape_masks, shape_word_positions
 
 #: The words of a two-shape caption that the tables read: the first shape's
 #: colour and kind, then the second shape's.
@@ -100,21 +114,6 @@ PROBES: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('config', help='a shapes model config (e.g. glide_tiny_shapes-64x64.py)')
-    parser.add_argument('checkpoint', help='its weights (published or a training checkpoint)')
-    parser.add_argument('--seed', type=int, default=0, help='relations, caption order, probe init, scenes')
-    parser.add_argument('--scenes', type=int, default=48, help='two-shape scenes for the attention table')
-    parser.add_argument('--swaps', type=int, default=12,
-                        help='one-shape captions for the kind-source table (0: skip it)')
-    parser.add_argument('--routed', type=int, default=0,
-                        help='two-kind captions for the routed-attention table (0, the default: skip it)')
-    parser.add_argument('--own-phrase', type=int, default=0,
-                        help='two-kind captions for the own-phrase table (0, the default: skip it)')
-    return parser.parse_args(argv)
-
-
 def two_shape_caption(c1: str, k1: str, relation: str, c2: str, k2: str, background: str) -> str:
     """The canonical caption ``a C1 K1 REL a C2 K2 on a BG background``."""
     return f'a {c1} {k1} {relation} a {c2} {k2} on a {background} background'
@@ -124,9 +123,6 @@ def binding_captions(seed: int = 0) -> List[Dict[str, str]]:
     """Every two-shape caption with different colours and different kinds,
     in a seeded random order: dicts with the ``caption`` and its words
     ``c1, k1, c2, k2, bg``."""
-    import numpy as np
-
-    from projects.glide.datasets.shapes import COLORS, KINDS, RELATIONS
     rng = np.random.default_rng(seed)
     rows = []
     for bg in COLORS:
@@ -142,8 +138,6 @@ def word_positions(tokenizer, caption: str) -> Dict[str, int]:
     """The token index of each of ``c1, k1, c2, k2`` in a two-shape caption
     (``shape_word_positions`` of the caption's parsed scene) and ``pad``, the
     first padding position after it."""
-    from projects.glide.datasets.shapes import parse_caption
-    from projects.glide.research.transforms import shape_word_positions
     (c1, k1), (c2, k2) = shape_word_positions(tokenizer, caption, parse_caption(caption)).tolist()
     return dict(c1=c1, k1=k1, c2=c2, k2=k2, pad=len(tokenizer.encode(caption)))
 
@@ -154,8 +148,6 @@ def linear_probe_accuracy(features, labels: Sequence[int], num_classes: int,
     ``train_fraction`` of (``features`` (N, D), ``labels`` (N,)), features
     standardised with the training statistics; return the accuracy (%) on the
     rest."""
-    import torch
-    import torch.nn.functional as F
     x = features.float()
     y = torch.as_tensor(labels)
     n_train = int(train_fraction * len(y))
@@ -180,9 +172,6 @@ def probe_text_binding(model, rows: List[Dict[str, str]], seed: int = 0) -> List
     """Run :data:`PROBES` on ``model`` (a shapes :class:`Glide`) over
     ``rows`` of :func:`binding_captions`; return ``(name, test accuracy %,
     chance %)`` per probe."""
-    import torch
-
-    from projects.glide.datasets.shapes import COLORS, KINDS
     tokens, mask = model.tokenizer([r['caption'] for r in rows], device='cpu')
     unet = model.unet.cpu().eval()
     with torch.no_grad():
@@ -201,9 +190,6 @@ def probe_text_binding(model, rows: List[Dict[str, str]], seed: int = 0) -> List
 def shape_pixels(scene, resolution: int):
     """(2, R, R) bool: the pixels of an R x R grid that each of the scene's
     two shapes covers by more than 60% and the other does not."""
-    import numpy as np
-
-    from projects.glide.research.transforms import render_shape_masks
     covered = render_shape_masks(scene, resolution) > 0.6
     return np.stack([covered[0] & ~covered[1], covered[1] & ~covered[0]])
 
@@ -211,9 +197,6 @@ def shape_pixels(scene, resolution: int):
 def two_kind_scenes(count: int, seed: int = 0) -> Tuple[list, List[str]]:
     """``count`` seeded random scenes (seen split) with two shapes of
     different kinds, and their canonical captions."""
-    import numpy as np
-
-    from projects.glide.datasets.shapes import sample_scene
     rng = np.random.default_rng(seed)
     scenes = []
     while len(scenes) < count:
@@ -230,9 +213,6 @@ def attention_by_level(unet, x_t, t: int, tokens, mask) -> dict:
     side of a text attention level, the attention of each pixel on each key
     (B, T + H*W, H*W): text positions first, then the level's pixels;
     averaged over heads and the level's blocks."""
-    import torch
-
-    from projects.glide.research.attention import recorded_text_attention
     with torch.no_grad(), recorded_text_attention(unet) as records:
         unet(x_t, torch.full((len(x_t), ), t), tokens, mask)
     by_side = {}
@@ -253,21 +233,17 @@ def attention_on_words(model, scenes: int = 48, timesteps: Sequence[int] = (900,
     the UNet to the CPU in float32. Returns ``(timestep, level side, shape 1
     or 2, {column: %})`` rows, finest level first, columns
     :data:`ATTENTION_COLUMNS`."""
-    import numpy as np
-    import torch
-
-    from projects.glide.datasets.shapes import render_scene
     drawn, captions = two_kind_scenes(scenes, seed)
     positions = [word_positions(model.tokenizer, c) for c in captions]
     tokens, mask = model.tokenizer(captions, device='cpu')
     text = tokens.shape[1]
     unet = model.unet.cpu().float().eval()
     x0 = torch.stack([torch.from_numpy(render_scene(sc, unet.image_size)).permute(2, 0, 1) for sc in drawn]) * 2 - 1
-    diffusion = model.diffusion_scheduler.train_diffusion
+    scheduler = model.diffusion_scheduler
     generator = torch.Generator().manual_seed(seed)
     results = []
     for t in timesteps:
-        x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
+        x_t = scheduler.add_noise(x0, torch.randn(x0.shape, generator=generator), t)
         for side, attention in sorted(attention_by_level(unet, x_t, t, tokens, mask).items(), reverse=True):
             pixels = torch.from_numpy(np.stack([shape_pixels(sc, side) for sc in drawn]).reshape(len(drawn), 2, -1))
             for shape in (0, 1):
@@ -296,35 +272,20 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
     Returns ``{feature: {outcome: images}}`` for the features of
     :data:`SWAPPED_FEATURES` and the outcomes of :data:`KIND_OUTCOMES`.
     """
-    from mmagic.registry import DATASETS
-    from mmengine.registry import init_default_scope
-
-    from projects.glide.datasets.shapes import KINDS
-    from projects.glide.evaluation.shapes_accuracy import judge_image
-    from projects.glide.images import to_uint8
     init_default_scope('mmagic')
     dataset = DATASETS.build(dict(type='ShapesDataset', split='seen', size=count, seed=seed, two_shape_prob=0.,
                                   resolution=model.unet.image_size))
     scenes, captions = zip(*(dataset.get_scene(i) for i in range(count)))  # no renders needed
     swapped_kind = dict(zip(KINDS, KINDS[1:] + KINDS[:1]))
-    token_of = {kind: model.tokenizer.encode(' ' + kind)[-1] for kind in KINDS}  # one BPE token each
-    unet = model.unet
-    encode_text = unet.encode_text
+    # each kind word (one BPE token, with its leading space) changed in the caption
+    kind_word = re.compile(r'(?<= )(' + '|'.join(KINDS) + r')(?![a-z])')
+    changed = [kind_word.sub(lambda m: swapped_kind[m.group(1)], c) for c in captions]
+    with torch.no_grad():
+        text_emb, changed_emb = model.encode_prompt(list(captions)), model.encode_prompt(changed)
     counts = {}
     for feature in SWAPPED_FEATURES:
-
-        def encode_with_swap(tokens, mask, feature=feature):
-            swapped = tokens.clone()
-            for kind, other in swapped_kind.items():
-                swapped[tokens == token_of[kind]] = token_of[other]
-            return dict(encode_text(tokens, mask), **{feature: encode_text(swapped, mask)[feature]})
-
-        unet.encode_text = encode_with_swap
-        try:
-            samples = model.infer(prompt=list(captions), seed=seed, guidance_scale=3.,
-                                  num_inference_steps=25)['samples']
-        finally:
-            del unet.encode_text  # back to the class's method
+        samples = model.infer(text_emb=dict(text_emb, **{feature: changed_emb[feature]}), batch_size=count,
+                              seed=seed, guidance_scale=3., num_inference_steps=25)['samples']
         images = to_uint8(samples)
         counts[feature] = dict.fromkeys(KIND_OUTCOMES, 0)
         for image, scene, caption in zip(images, scenes, captions):
@@ -337,65 +298,13 @@ def kind_source(model, count: int = 12, seed: int = 0) -> Dict[str, Dict[str, in
 
 
 @contextlib.contextmanager
-def kind_words_routed_by_colour(unet, positions):
+def kind_words_routed_by_colour(unet, positions: torch.Tensor) -> Iterator[None]:
     """In the block, every text attention block of ``unet`` routes each
-    shape's kind word by the colour words (see the module docstring) on the
-    first B rows of its batch (the conditional half under guidance).
-
-    ``positions``: (B, 2, 2) int, the text positions of each shape's colour
-    word and kind word (``shape_word_positions``). Analysis only: the
-    weights are computed in float32 and mixed without a fused kernel.
-    """
-    import torch
-    c1, k1, c2, k2 = (positions[:, i, j] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
-    rows = torch.arange(len(positions))
-
-    def routed_forward(block, x, text_states):
-        q, k, v = block.queries_keys_values(x, text_states)
-        weights = block.weights_from(q, k)
-        routed = weights[:len(rows)]  # (B, heads, H*W, T + H*W), a view
-        on_c1 = routed[rows, :, :, c1].mean(1)  # (B, H*W), over heads
-        on_c2 = routed[rows, :, :, c2].mean(1)
-        share = (on_c1 / (on_c1 + on_c2).clamp(min=1e-12))[:, None]  # (B, 1, H*W)
-        routed[rows, :, :, k1] = routed[rows, :, :, k1] * (2 * share)
-        routed[rows, :, :, k2] = routed[rows, :, :, k2] * (2 - 2 * share)
-        return mixed(block, x, weights, v)
-
-    with text_attention_forward(unet, routed_forward):
+    shape's kind word by the colour words (:class:`KindRoutingAttnProcessor`)
+    on the first B rows of its batch (the conditional half under guidance);
+    ``positions`` (B, 2, 2) int, each shape's colour and kind word positions."""
+    with wrapped_attn_processors(unet, lambda inner: KindRoutingAttnProcessor(positions, inner)):
         yield
-
-
-def mixed(block, x, weights, v):
-    """A text attention block's output for its input ``x`` (B, C, H, W), its
-    values ``v`` and the attention ``weights`` (B, heads, H*W, T + H*W),
-    renormalised here over the keys (what ``forward`` computes from its own
-    softmax weights)."""
-    b, c, *spatial = x.shape
-    weights = weights / weights.sum(-1, keepdim=True)
-    h = (weights @ v.float()).to(v.dtype)
-    return x + block.proj_out(h.transpose(2, 3).reshape(b, c, -1)).reshape(b, c, *spatial)
-
-
-@contextlib.contextmanager
-def text_attention_forward(unet, forward):
-    """In the block, every text attention block of ``unet`` runs
-    ``forward(block, x, text_states)`` instead of its class's forward when
-    it is given text states (without them, the class's forward)."""
-    from projects.glide.models.unet import TextAttentionBlock
-
-    def forward_with_text(block, x, text_states):
-        if text_states is None:
-            return TextAttentionBlock.forward(block, x, text_states)
-        return forward(block, x, text_states)
-
-    blocks = [m for m in unet.modules() if isinstance(m, TextAttentionBlock) and hasattr(m, 'encoder_kv')]
-    for block in blocks:
-        block.forward = functools.partial(forward_with_text, block)
-    try:
-        yield
-    finally:
-        for block in blocks:
-            del block.forward  # back to the class's method
 
 
 #: The samplings of :func:`kind_routing` and what it counts.
@@ -406,9 +315,6 @@ TWO_KIND_OUTCOMES: Tuple[str, ...] = ('both right', 'swapped', 'one kind twice',
 def kind_routing(model, count: int = 48, seed: int = 0) -> Dict[str, Dict[str, int]]:
     """The routed-attention table (see the module docstring): ``{routing:
     {outcome: images}}`` for :data:`ROUTINGS` and :data:`TWO_KIND_OUTCOMES`."""
-    import torch
-
-    from projects.glide.images import to_uint8
     scenes, captions = two_kind_scenes(count, seed)
     positions = torch.tensor([[[p['c1'], p['k1']], [p['c2'], p['k2']]]
                               for p in (word_positions(model.tokenizer, c) for c in captions)])
@@ -427,7 +333,6 @@ def two_kind_outcomes(images, scenes, captions) -> Dict[str, int]:
     """How many of the uint8 ``images`` (B, 3, H, W) drawn for two-kind
     ``scenes``/``captions`` the judge finds in each of
     :data:`TWO_KIND_OUTCOMES`."""
-    from projects.glide.evaluation.shapes_accuracy import judge_image
     counts = dict.fromkeys(TWO_KIND_OUTCOMES, 0)
     for image, scene, caption in zip(images, scenes, captions):
         want = [s.kind for s in scene.shapes]
@@ -438,68 +343,32 @@ def two_kind_outcomes(images, scenes, captions) -> Dict[str, int]:
     return counts
 
 
+def with_phrase_states(text_emb: Dict[str, torch.Tensor], phrase_states: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``text_emb`` (``encode_prompt``'s, R rows) with each shape's one-shape
+    caption's token states ``phrase_states`` (B, 2, width, T) appended to the
+    caption's (T -> 3T text positions; the rows beyond B repeat their own
+    states), for :func:`boxes_read_own_phrase`."""
+    full = text_emb['xf_out']
+    rows = len(phrase_states)
+    phrases = [torch.cat([phrase_states[:, i], full[rows:]]) for i in (0, 1)]
+    return dict(text_emb, xf_out=torch.cat([full] + phrases, dim=2))
+
+
 @contextlib.contextmanager
-def sampling_from(scheduler, timestep: int):
-    """In the block, ``scheduler.set_timesteps`` keeps only the timesteps at
-    or below ``timestep``, so a sampling loop starts at x_t (passed as its
-    start image) instead of x_T; the respaced process is unchanged."""
-    set_timesteps = scheduler.set_timesteps
-
-    def set_from(*args, **kwargs):
-        set_timesteps(*args, **kwargs)
-        scheduler.timesteps = scheduler.timesteps[scheduler.timesteps <= timestep]
-        if not len(scheduler.timesteps):
-            raise ValueError(f'no sampling timestep at or below {timestep}')
-
-    scheduler.set_timesteps = set_from
-    try:
+def boxes_read_own_phrase(unet, boxes: Dict[int, torch.Tensor], text: int) -> Iterator[None]:
+    """In the block, each shape's box (``boxes[side]``, (B, 2, side * side)
+    bool) reads only its own phrase of the T = ``text`` wide states of
+    :func:`with_phrase_states`, on the first B rows (:class:`OwnPhraseAttnProcessor`)."""
+    with wrapped_attn_processors(unet, lambda inner: OwnPhraseAttnProcessor(boxes, text, inner)):
         yield
-    finally:
-        del scheduler.set_timesteps  # back to the class's method
 
 
-@contextlib.contextmanager
-def boxes_read_own_phrase(unet, phrase_states, boxes):
-    """In the block, each shape's box reads only its own phrase, on the first
-    B rows of a batch (the conditional half under guidance).
-
-    ``unet.encode_text`` returns the caption's token states followed by
-    ``phrase_states`` (B, 2, width, T), the states of each shape's one-shape
-    caption (T -> 3T text positions; the rows beyond B get their own states
-    three times), and the pooled feature of the caption. In every text
-    attention block a pixel inside shape i's box (``boxes[side]``, (B, 2,
-    side * side) bool) reads shape i's positions (both shapes' where the
-    boxes overlap), every other pixel the caption's; rows beyond B read the
-    caption's. Analysis only: float32 weights, no fused kernel.
-    """
-    import torch
-    encode_text = unet.encode_text
-    rows, _, _, text = phrase_states.shape
-
-    def encode_with_phrases(tokens, mask):
-        states = encode_text(tokens, mask)
-        full = states['xf_out']
-        phrases = [torch.cat([phrase_states[:, i], full[rows:]]) for i in (0, 1)]
-        return dict(states, xf_out=torch.cat([full] + phrases, dim=2))
-
-    def phrase_forward(block, x, text_states):
-        q, k, v = block.queries_keys_values(x, text_states)
-        weights = block.weights_from(q, k)  # (B', heads, H*W, 3T + H*W)
-        in_box = boxes[x.shape[-1]]  # (B, 2, H*W)
-        read = torch.zeros(len(x), in_box.shape[-1], weights.shape[-1], dtype=torch.bool)
-        read[:, :, 3 * text:] = True  # the pixels
-        read[:, :, :text] = True
-        read[:rows, :, :text] = ~in_box.any(1)[..., None]
-        for i in (0, 1):
-            read[:rows, :, (i + 1) * text:(i + 2) * text] = in_box[:, i, :, None]
-        return mixed(block, x, weights * read[:, None], v)
-
-    unet.encode_text = encode_with_phrases
-    try:
-        with text_attention_forward(unet, phrase_forward):
-            yield
-    finally:
-        del unet.encode_text  # back to the class's method
+def start_strength(scheduler, start: int) -> float:
+    """The img2img ``strength`` whose sampling starts at the largest kept
+    timestep <= the original timestep ``start`` of ``scheduler``."""
+    if not 0 < start <= scheduler.num_train_timesteps:
+        raise ValueError(f'no sampling timestep at or below {start}')
+    return start / scheduler.num_train_timesteps
 
 
 #: The samplings of :func:`own_phrase_reading`.
@@ -514,83 +383,27 @@ def one_shape_caption(colour: str, kind: str, background: str) -> str:
 def own_phrase_reading(model, count: int = 48, seed: int = 0, start: int = 800) -> Dict[str, Dict[str, int]]:
     """The own-phrase table (see the module docstring): ``{reading: {outcome:
     images}}`` for :data:`PHRASE_READINGS` and :data:`TWO_KIND_OUTCOMES`."""
-    import numpy as np
-    import torch
-
-    from projects.glide.images import to_uint8
-    from projects.glide.research.transforms import render_kind_neutral, render_shape_boxes
     scenes, captions = two_kind_scenes(count, seed)
     unet, scheduler = model.unet, model.diffusion_scheduler
     phrases = [one_shape_caption(s.color, s.kind, sc.background) for sc in scenes for s in sc.shapes]
     with torch.no_grad():
         states = unet.encode_text(*model.tokenizer(phrases, device=model.device))['xf_out']
+        text_emb = model.encode_prompt(list(captions))
     states = states.reshape(count, 2, *states.shape[1:])
     sides = [unet.image_size >> i for i in range(6) if unet.image_size >> i]
     boxes = {side: torch.from_numpy(np.stack([render_shape_boxes(sc, side) > 0.3 for sc in scenes])
                                     .reshape(count, 2, -1)) for side in sides}
     x0 = torch.stack([torch.from_numpy(render_kind_neutral(sc, unet.image_size)).permute(2, 0, 1)
                       for sc in scenes]) * 2 - 1
+    # x0 noised to the first kept timestep <= start (img2img), with the noise drawn here
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    strength = start_strength(scheduler, start)
     counts = {}
-    with sampling_from(scheduler, start):
-        scheduler.set_timesteps(25)
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        x_start = scheduler.train_diffusion.q_sample(x0, int(scheduler.timesteps[0]), noise).to(model.device)
-        for reading in PHRASE_READINGS:
-            with (boxes_read_own_phrase(unet, states, boxes) if reading != PHRASE_READINGS[0]
-                  else contextlib.nullcontext()):
-                samples = model.infer(init_image=x_start, prompt=list(captions), seed=seed, guidance_scale=3.,
-                                      num_inference_steps=25)['samples']
-            counts[reading] = two_kind_outcomes(to_uint8(samples), scenes, captions)
+    for reading in PHRASE_READINGS:
+        as_trained = reading == PHRASE_READINGS[0]
+        with (contextlib.nullcontext() if as_trained else boxes_read_own_phrase(unet, boxes, states.shape[-1])):
+            samples = model.infer(init_image=noise, image=x0, strength=strength, batch_size=count,
+                                  text_emb=text_emb if as_trained else with_phrase_states(text_emb, states),
+                                  seed=seed, guidance_scale=3., num_inference_steps=25)['samples']
+        counts[reading] = two_kind_outcomes(to_uint8(samples), scenes, captions)
     return counts
-
-
-def print_counts(title: str, row_name: str, outcomes: Sequence[str], counts: Dict[str, Dict[str, int]]):
-    """Print a table of image counts ``{row: {outcome: images}}`` after a blank line and ``title``."""
-    print(f'\n{title}')
-    print(f'| {row_name} | ' + ' | '.join(outcomes) + ' |')
-    print('|---|' + '---|' * len(outcomes))
-    for row, by_outcome in counts.items():
-        print(f'| {row} | ' + ' | '.join(str(by_outcome[o]) for o in outcomes) + ' |')
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    for path in (args.config, args.checkpoint):
-        if not osp.isfile(path):
-            print(f'error: file not found: {path}', file=sys.stderr)
-            return 1
-    from mmagic.apis import init_model
-    from mmengine.registry import init_default_scope
-
-    import projects.glide  # noqa: F401  (registers the models)
-    init_default_scope('mmagic')
-    model = init_model(args.config, args.checkpoint, device='cpu')
-    rows = binding_captions(args.seed)
-    results = probe_text_binding(model, rows, args.seed)
-    print(f'{len(rows)} captions "a C1 K1 REL a C2 K2 on a BG background", '
-          'probes fit on 70%, test accuracy on 30%')
-    print('| probe | accuracy % | chance % |\n|---|---|---|')
-    for name, accuracy, chance in results:
-        print(f'| {name} | {accuracy:.1f} | {chance:.1f} |')
-    print(f'\nattention (% of a pixel\'s) from the pixels of each shape, {args.scenes} noised true renders')
-    print('| timestep | level | pixels of | ' + ' | '.join(ATTENTION_COLUMNS) + ' |')
-    print('|---|---|---|' + '---|' * len(ATTENTION_COLUMNS))
-    for t, level, shape, share in attention_on_words(model, args.scenes, seed=args.seed):
-        print(f'| {t} | {level}x{level} | shape {shape} | ' + ' | '.join(f'{v:.1f}' for v in share.values()) + ' |')
-    if args.swaps:
-        print_counts(f'kind drawn for {args.swaps} one-shape captions with one text feature from the caption '
-                     'with the kind changed', 'feature from the changed caption', KIND_OUTCOMES,
-                     kind_source(model, args.swaps, args.seed))
-    if args.routed:
-        print_counts(f'kinds drawn for {args.routed} captions with two kinds, with the kind words\' attention '
-                     'as trained and routed by the colour words\'', 'sampling', TWO_KIND_OUTCOMES,
-                     kind_routing(model, args.routed, args.seed))
-    if args.own_phrase:
-        print_counts(f'kinds drawn for {args.own_phrase} captions with two kinds from their kind-neutral layout at '
-                     't = 800, each shape\'s box reading the caption as trained or only its own phrase',
-                     'sampling', TWO_KIND_OUTCOMES, own_phrase_reading(model, args.own_phrase, args.seed))
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,4 +1,4 @@
-# Full-size GLIDE (filtered) architectures, as released by openai and OpenMMLab.
+# Full-size GLIDE (filtered) architectures and samplers, as released by openai and OpenMMLab.
 base_unet = dict(
     type='Text2ImUNet',
     image_size=64,
