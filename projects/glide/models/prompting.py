@@ -102,14 +102,11 @@ class Composition:
 def clip_text_vectors(clip: NoisedCLIP, prompts: Sequence[str]) -> torch.Tensor:
     """(B, embed_dim) float32 CLIP text vector of each prompt: the unit text
     embedding of a one-part prompt, the signed sum over the parts of a composed one."""
-    parsed = [parse_prompt(p) for p in prompts]
-    if all(len(parts) == 1 for parts in parsed):
+    if not is_composed(prompts):
         return clip.encode_text(*clip.tokenize(list(prompts)))
-    texts = [text for parts in parsed for text, _ in parts]
-    signs = torch.tensor([sign for parts in parsed for _, sign in parts], device=clip.device)
-    rows = torch.tensor([b for b, parts in enumerate(parsed) for _ in parts], device=clip.device)
-    z = clip.encode_text(*clip.tokenize(texts)) * signs[:, None]
-    return torch.zeros(len(prompts), z.shape[1], device=z.device).index_add_(0, rows, z)
+    signs, texts = Composition.from_prompts(prompts, 1., clip.device)  # weights = the parts' signs
+    z = clip.encode_text(*clip.tokenize(texts)) * signs.weights[:, None]
+    return torch.zeros(len(prompts), z.shape[1], device=z.device).index_add_(0, signs.rows, z)
 
 
 def clip_cond_fn(clip: NoisedCLIP, text_vectors: torch.Tensor, scale: float) -> Callable:
