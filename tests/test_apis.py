@@ -20,7 +20,7 @@ def test_init_glide_builds_what_init_model_builds():
     assert type(ours) is type(theirs) and not ours.training
     assert type(ours.data_preprocessor) is type(theirs.data_preprocessor)
     assert ours.test_cfg == theirs.test_cfg == dict(guidance_scale=3., num_inference_steps=25,
-                                                     num_inference_steps_up='fast27')
+                                                     num_inference_steps_up='ddim10', upsample_strength=0.4)
     assert ours.cfg.filename == theirs.cfg.filename == str(CONFIG)
     mine, other = ours.state_dict(), theirs.state_dict()
     assert list(mine) == list(other)

@@ -198,11 +198,12 @@ def test_sampling_defaults_are_the_signatures_defaults():
     from projects.glide.models import Glide
     from projects.glide.models.sampling import SAMPLING_DEFAULTS
     assert SAMPLING_DEFAULTS == dict(guidance_scale=3., num_inference_steps=50, num_inference_steps_up='fast27',
-                                     upsample_temp=0.997)
+                                     upsample_temp=0.997, upsample_strength=None)
     infer = inspect.signature(Glide.infer).parameters
     assert {k: infer[k].default for k in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
     up = inspect.signature(Glide.infer_up).parameters
     assert up['num_inference_steps'].default == 'fast27' and up['upsample_temp'].default == 0.997
+    assert up['upsample_strength'].default is None
 
 
 def test_encode_prompt_once_then_sample_from_text_emb(base_model):
@@ -330,3 +331,72 @@ def test_img2img_shapes_reproducibility_and_small_strength(base_model, reference
 def test_bad_img2img_arguments(base_model, kwargs, error, message):
     with pytest.raises(error, match=message):
         base_model.infer(**{'prompt': 'a', 'num_inference_steps': 2, **kwargs})
+
+
+def test_upsample_strength_starts_the_upsampler_from_its_bicubic_input(reference_model, monkeypatch):
+    """upsample_strength s: the upsampler's first call is at the largest kept
+    timestep <= s * 1000, on the quantised low-res input upsampled
+    bicubically and noised there with the start noise; only the kept
+    timesteps below run. None keeps GLIDE's start from the noise itself."""
+    low_res = _image(batch=2, seed=3)
+    x_t = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(4))
+    calls = []
+    unet = reference_model.unet_up
+    original = unet.forward
+    monkeypatch.setattr(unet, 'forward', lambda *a, **k: calls.append((a[1][0].item(), a[0].clone()))
+                        or original(*a, **k))
+    spec = '3,2,2,1,1,1,1,1,1,1'  # sections of 100 timesteps
+    out = reference_model.infer_up(low_res, 2, x_t, 'a corgi', spec, upsample_strength=0.4)['samples']
+    assert [t for t, _ in calls] == [400, 300, 299, 200, 199, 100, 99, 50, 0]
+    quantised = ((low_res + 1) * 127.5).round() / 127.5 - 1
+    bicubic = torch.nn.functional.interpolate(quantised, size=(256, 256), mode='bicubic',
+                                              align_corners=False).clamp(-1, 1)
+    assert torch.equal(calls[0][1], reference_model.diffusion_scheduler_up.add_noise(bicubic, x_t, 400))
+    assert out.shape == (2, 3, 256, 256) and out.min() >= -1 and out.max() <= 1
+    calls.clear()
+    reference_model.infer_up(low_res, 2, x_t, 'a corgi', spec, upsample_strength=None)
+    assert len(calls) == 14 and calls[0][0] == 900 and torch.equal(calls[0][1], x_t)  # every kept step
+    # the cascade hands it to the upsampler: the same samples as infer_up on its low_res
+    calls.clear()
+    both = reference_model.infer(prompt='a corgi', batch_size=2, num_inference_steps=2, seed=0, init_image_up=x_t,
+                                 num_inference_steps_up=spec, upsample_strength=0.25)
+    assert [t for t, _ in calls] == [200, 199, 100, 99, 50, 0]
+    alone = reference_model.infer_up(both['low_res'], 2, x_t, 'a corgi', spec, upsample_strength=0.25)['samples']
+    assert torch.equal(both['samples'], alone)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(upsample_strength=0), r'upsample_strength must be None or in \(0, 1\], got 0'),
+    (dict(upsample_strength=1.5), r'upsample_strength must be None or in \(0, 1\], got 1.5'),
+    (dict(upsample_strength=float('nan')), r'upsample_strength must be None or in \(0, 1\], got nan'),
+    (dict(upsample_strength=True), r'upsample_strength must be None or in \(0, 1\], got True'),
+    (dict(upsample_strength='0.4'), r"upsample_strength must be None or in \(0, 1\], got '0.4'"),
+    (dict(upsample_strength=0.4, image=_image(), strength=0.5), 'pass one of them'),
+])
+def test_bad_upsample_strength(reference_model, monkeypatch, kwargs, message):
+    calls = []
+    original = reference_model.unet.forward
+    monkeypatch.setattr(reference_model.unet, 'forward', lambda *a, **k: calls.append(1) or original(*a, **k))
+    with pytest.raises(ValueError, match=message):
+        reference_model.infer(prompt='a', num_inference_steps=2, num_inference_steps_up=2, **kwargs)
+    assert not calls  # refused before the base stage
+    with pytest.raises(ValueError, match=message):
+        reference_model.infer_up(_image(), prompt='a', num_inference_steps=2, **kwargs)
+
+
+def test_predict_given_low_res_honours_upsample_strength(reference_model, monkeypatch):
+    """tools/test.py scoring the upsampler alone (upsample_given_low_res) runs the test_cfg's recipe."""
+    calls = []
+    original = reference_model.unet_up.forward
+    monkeypatch.setattr(reference_model.unet_up, 'forward', lambda *a, **k: calls.append(a[1][0].item())
+                        or original(*a, **k))
+    monkeypatch.setattr(reference_model, 'test_cfg', dict(upsample_given_low_res=True, num_inference_steps_up='ddim10',
+                                                          upsample_strength=0.4))
+    batch = dict(prompt=['a corgi', 'a cat'], index=[0, 1], low_res=_image(batch=2))
+    items = reference_model.predict(batch)
+    assert calls == [400, 300, 200, 100, 0]  # one call per step for the whole batch
+    assert [item['image'].shape for item in items] == [(3, 256, 256)] * 2
+    calls.clear()
+    reference_model.test_cfg = dict(upsample_given_low_res=True, num_inference_steps_up='ddim10')
+    reference_model.predict(batch)
+    assert calls == list(range(900, -1, -100))

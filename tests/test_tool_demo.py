@@ -122,8 +122,27 @@ def test_demo_sampling_options_layer_flags_over_test_cfg(demo_tool):
     model.test_cfg = dict(model.test_cfg, upsample_given_low_res=False)  # not an infer argument: left out
     kwargs = demo_tool.sampling_options(model, demo_tool.parse_args(['--rerank', '3', '--steps', '7']))
     assert kwargs == dict(guidance_scale=3., num_inference_steps=7, num_inference_steps_up='fast27',
-                          upsample_temp=0.997, rerank=3,
+                          upsample_temp=0.997, upsample_strength=None, rerank=3,
                           show_progress=True)
+
+
+def test_demo_upsample_strength_flag_over_the_cascades_recipe(demo_tool, capsys):
+    """The bundled cascade's test_cfg starts the upsampler from its input at 0.4 with 'ddim10';
+    --upsample-strength S replaces the strength, 'none' gives GLIDE's start from noise."""
+    from projects.glide.apis import init_glide
+    model = init_glide(os.path.join(CONFIGS, 'glide_tiny_shapes-64-256.py'), device='cpu')
+    def options(*argv):
+        kwargs = demo_tool.sampling_options(model, demo_tool.parse_args(list(argv)))
+        return kwargs['num_inference_steps_up'], kwargs['upsample_strength']
+    assert options() == ('ddim10', 0.4)
+    assert options('--upsample-strength', '0.25') == ('ddim10', 0.25)
+    assert options('--upsample-strength', 'none', '--steps-up', 'fast27') == ('fast27', None)
+    for bad, message in (('0', "must be in (0, 1] or 'none', got 0"), ('1.5', "must be in (0, 1] or 'none'"),
+                         ('half', "not a number or 'none': 'half'")):
+        with pytest.raises(SystemExit) as exit_info:
+            demo_tool.parse_args(['--upsample-strength', bad])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_demo_clip_options_errors(demo_tool, ckpts, tmp_path, capsys):

@@ -257,3 +257,16 @@ def test_prompt_slug_and_filename():
     long = prompt_slug(' '.join(['word'] * 40))
     assert len(long) <= 60 and not long.endswith('-')
     assert image_filename(7, 'x/y') == '00007_x-y.png'
+
+
+def test_test_py_runs_past_the_timers_tenth_iteration(ckpts, tmp_path):
+    """11 one-image batches: the iteration timer estimates the time left every 10th iteration
+    (mmagic's timer needed a loop attribute mmengine's TestLoop lacks and stopped the run there)."""
+    r = run([sys.executable, tool('test.py'), BASE_CFG, ckpts['base'], '--work-dir', 'wd',
+             '--cfg-options', 'model.test_cfg.num_inference_steps=1', 'test_dataloader.batch_size=1',
+             'test_dataloader.num_workers=0',
+             'test_dataloader.dataset.size=11'], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(saved_pngs(tmp_path / 'wd' / 'images')) == 11
+    metrics = json.load(open(tmp_path / 'wd' / 'metrics.json'))
+    assert metrics['shapes/held_out/count'] + metrics['shapes/seen/count'] == 11

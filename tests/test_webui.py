@@ -64,6 +64,26 @@ def test_numbers_samplers_and_seeds_are_checked():
     assert len(seeds) > 1 and all(0 <= s <= webui.MAX_SEED for s in seeds)
 
 
+def test_the_runner_keeps_the_configs_upsampler_start():
+    """Both tabs sample with the config's upsample_strength (the page has no control for it)."""
+    from types import SimpleNamespace
+
+    class Recorder:
+        test_cfg = dict(num_inference_steps_up='ddim10', upsample_strength=0.4)
+        unet, unet_up = SimpleNamespace(image_size=64), SimpleNamespace(image_size=256)
+        calls = []
+
+        def infer(self, **kwargs):
+            self.calls.append(kwargs)
+            return dict(samples=torch.zeros(1, 3, 256, 256))
+
+    runner = webui.GlideRunner(Recorder())
+    assert runner.defaults['upsample_strength'] == 0.4 and runner.defaults['num_inference_steps_up'] == 'ddim10'
+    runner.text2im(['a red circle'], steps_up='ddim10')
+    runner.inpaint('a red circle', torch.zeros(1, 3, 64, 64), torch.ones(1, 1, 64, 64))
+    assert [c['upsample_strength'] for c in Recorder.calls] == [0.4, 0.4]
+
+
 def scene(size=256):
     """A yellow picture with a red square in the top half."""
     img = np.zeros((size, size, 3), np.uint8)

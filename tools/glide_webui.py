@@ -217,7 +217,8 @@ class GlideRunner:
             out = self._infer(prompt=[prompt] * batch_size, batch_size=batch_size,
                               negative_prompt=[negative_prompt] * batch_size if negative_prompt else None,
                               guidance_scale=guidance_scale, num_inference_steps=steps,
-                              num_inference_steps_up=steps_up, sampler=sampler, seed=seed + i)
+                              num_inference_steps_up=steps_up, sampler=sampler, seed=seed + i,
+                              upsample_strength=self.defaults['upsample_strength'])
             for k, sample in enumerate(out['samples']):
                 index = f' #{k + 1}' if batch_size > 1 else ''
                 gallery.append((self.to_pil(sample), f'{prompt}{index} (seed {seed + i})'))
@@ -228,7 +229,8 @@ class GlideRunner:
         """The inpainted picture (PIL) of ``image`` (1, 3, s, s) where ``mask``
         (1, 1, s, s) is 0."""
         out = self._infer(prompt=prompt, inpaint_image=image, inpaint_mask=mask, guidance_scale=guidance_scale,
-                          num_inference_steps=steps, num_inference_steps_up=steps_up, sampler=sampler, seed=seed)
+                          num_inference_steps=steps, num_inference_steps_up=steps_up, sampler=sampler, seed=seed,
+                          upsample_strength=self.defaults['upsample_strength'])
         return self.to_pil(out['samples'][0])
 
 

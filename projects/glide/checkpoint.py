@@ -122,7 +122,9 @@ def load_checkpoint_file(filename: str, map_location=None) -> dict:
 
 
 @CheckpointLoader.register_scheme(prefixes='', force=True)
-def _load_local(filename, map_location):
+def load_from_local_weights_only(filename, map_location):
+    """mmengine's loader of local files, through :func:`load_checkpoint_file`
+    (mmengine logs the name after ``load_from_``: 'local_weights_only backend')."""
     return load_checkpoint_file(osp.expanduser(filename), map_location)
 
 

@@ -29,7 +29,10 @@ model = dict(
                    noise=dict(type='TrainingNoise', offset=0.3, coarse=0.3),
                    mse_weight=dict(type='TruncatedSNRWeight', max_weight=1000.),
                    pixel_weights=[dict(type='ForegroundPixelWeight', weight=4.)]),
-    test_cfg=dict(guidance_scale=3., num_inference_steps=25, num_inference_steps_up='fast27'))
+    # the upsampler starts from its bicubic-upsampled input noised to t = 400 and takes the 5 kept DDIM steps
+    # 400, 300, ..., 0, in place of GLIDE's 27 from noise (upsampler PSNR and SSIM: docs/benchmarks.md)
+    test_cfg=dict(guidance_scale=3., num_inference_steps=25, num_inference_steps_up='ddim10',
+                  upsample_strength=0.4))
 
 # no attention: it learns from 128x128 windows (and their 32x32 low-res windows) and upsamples whole images
 train_dataloader = dict(

@@ -5,7 +5,8 @@ A stage (base or upsampler) is a :class:`StageRequest` run by
 :func:`sample_stage`: classifier-free guidance on the 3 eps channels (each
 half keeps its own variance channels) as in openai/glide-text2im, CLIP
 guidance through the scheduler's ``cond_fn``, the inpainting ``denoised_fn``, and the img2img start (SDEdit, Meng et al.
-2022: the source image noised to a kept timestep, then the remaining steps).
+2022: the source image noised to a kept timestep, then the remaining steps), which also gives the upsampler its
+short start from its own bicubic-upsampled input (:func:`low_res_start`).
 """
 import math
 import numbers
@@ -33,7 +34,7 @@ Prompt = Union[str, Sequence[str]]
 #: the defaults of ``Glide.infer``/``predict`` and ``tools/glide_demo.py``
 #: (a config's ``test_cfg`` overrides them): GLIDE's notebook settings
 SAMPLING_DEFAULTS = dict(guidance_scale=3., num_inference_steps=50, num_inference_steps_up='fast27',
-                         upsample_temp=0.997)
+                         upsample_temp=0.997, upsample_strength=None)
 
 #: how far an input image may stray outside [-1, 1] (the rounding of a conversion) before it is an error
 IMAGE_RANGE_TOL = 1e-3
@@ -392,6 +393,27 @@ def check_strength(image: Optional[torch.Tensor], strength: Optional[float]) -> 
     check_tensor(image, 'image')
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise ValueError(f'strength must be in (0, 1], got {strength!r}')
+
+
+def check_upsample_strength(upsample_strength: Optional[float], image: Optional[torch.Tensor]) -> None:
+    """Errors unless ``upsample_strength`` is None or in (0, 1], and not given
+    together with an img2img ``image`` (both would set the upsampler's start)."""
+    if upsample_strength is None:
+        return
+    if isinstance(upsample_strength, bool) or not isinstance(upsample_strength, numbers.Real) \
+            or not 0 < upsample_strength <= 1:
+        raise ValueError(f'upsample_strength must be None or in (0, 1], got {upsample_strength!r}')
+    if image is not None:
+        raise ValueError('upsample_strength starts the upsampler from its low-res input, image/strength (img2img) '
+                         'from image: pass one of them (upsample_strength=None with image)')
+
+
+def low_res_start(low_res: torch.Tensor, size: int) -> torch.Tensor:
+    """The upsampler's low-res input (B, 3, h, h) in [-1, 1], upsampled bicubically to (B, 3, size, size)
+    and clamped: the start image of ``upsample_strength`` (why: its steps from pure noise only redraw what
+    the low-res input already fixes; Chung et al. 2022, "Come-Closer-Diffuse-Faster", start super-resolution
+    from such a noised estimate)."""
+    return F.interpolate(low_res, size=(size, size), mode='bicubic', align_corners=False).clamp(-1, 1)
 
 
 def img2img_image(image: Optional[torch.Tensor], batch_size: int, size: int, device) -> Optional[torch.Tensor]:

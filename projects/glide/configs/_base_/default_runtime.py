@@ -4,7 +4,9 @@ default_scope = 'mmagic'
 randomness = dict(seed=0)
 
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
+    # mmengine's timer: mmagic's reads `test_loop.total_length`, which only mmagic's own loops have, and fails
+    # every 10th test iteration under mmengine's TestLoop
+    timer=dict(type='mmengine.IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='AtomicCheckpointHook', interval=200, by_epoch=False, max_keep_ckpts=2),
