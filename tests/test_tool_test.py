@@ -270,3 +270,14 @@ def test_test_py_runs_past_the_timers_tenth_iteration(ckpts, tmp_path):
     assert len(saved_pngs(tmp_path / 'wd' / 'images')) == 11
     metrics = json.load(open(tmp_path / 'wd' / 'metrics.json'))
     assert metrics['shapes/held_out/count'] + metrics['shapes/seen/count'] == 11
+
+
+def test_test_py_times_configs_without_a_runtime_with_mmengines_timer(converted, tmp_path):
+    """A converted (inference-only) config names no hooks: 10 batches of 4 captions run through,
+    past the timer's estimate at the 10th."""
+    (tmp_path / 'prompts.txt').write_text('\n'.join(f'a corgi number {i}' for i in range(40)) + '\n')
+    r = run([sys.executable, tool('test.py'), *converted['text2im'], '--work-dir', 'wd', '--prompts', 'prompts.txt',
+             '--cfg-options', 'model.test_cfg.num_inference_steps=1', 'model.test_cfg.num_inference_steps_up=1'],
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(saved_pngs(tmp_path / 'wd' / 'images')) == 40

@@ -115,6 +115,10 @@ def prepare_config(args) -> Config:
                          'captions with --prompts FILE')
     if cfg.get('test_cfg') is None:
         cfg.test_cfg = dict(type='TestLoop')
+    if 'timer' not in (cfg.get('default_hooks') or {}):
+        # the runner's default timer in the mmagic scope is mmagic's, which reads `test_loop.total_length` (only
+        # mmagic's loops have it) and stops a TestLoop at its 10th batch; the trainable configs name mmengine's
+        cfg.default_hooks = dict(cfg.get('default_hooks') or {}, timer=dict(type='mmengine.IterTimerHook'))
     if cfg.get('test_evaluator') is None:
         cfg.test_evaluator = []
 
