@@ -274,9 +274,8 @@ class GlideInference:
         quantised input upsampled bicubically, noised to the largest kept
         timestep <= strength * 1000 (an img2img start from the upsampler's own
         input): the steps above it, which only redraw what the input fixes,
-        are skipped. On the bundled model ``'ddim10'`` from 0.4 (5 UNet calls)
-        gets a higher PSNR than ``'fast27'`` from noise and a slightly lower
-        SSIM (docs/benchmarks.md).
+        are skipped (the bundled cascade's ``'ddim10'`` from 0.4 and how it
+        scores: docs/benchmarks.md).
 
         Returns:
             dict: ``samples`` (B, 3, 256, 256) clamped to [-1, 1].
@@ -297,13 +296,15 @@ class GlideInference:
         cond, denoised_fn = inpaint_condition(self.unet_up, inpaint_image, inpaint_mask, batch_size, size,
                                               self.device)
         cond['low_res'] = low_res
+        if upsample_strength is not None:  # the start image: the input itself, else the img2img image (or none)
+            image, strength = low_res_start(low_res, size), upsample_strength
+        else:
+            image = img2img_image(image, batch_size, size, self.device)
         samples = sample_stage(StageRequest(
             unet=self.unet_up, scheduler=self.diffusion_scheduler_up, noise=x_t, text_emb=text_emb,
             steps=num_inference_steps, generator=generator, cond=cond, denoised_fn=denoised_fn,
-            image=(low_res_start(low_res, size) if upsample_strength is not None
-                   else img2img_image(image, batch_size, size, self.device)),
-            strength=strength if upsample_strength is None else upsample_strength,
-            show_progress=show_progress, desc='GLIDE upsampler'), self._torch_memory_format)
+            image=image, strength=strength, show_progress=show_progress, desc='GLIDE upsampler'),
+            self._torch_memory_format)
         return dict(samples=samples)
 
     def predict(self, batch: dict) -> List[dict]:
