@@ -150,3 +150,21 @@ def test_benchmark_compile_variant_compiles_once_across_rounds(monkeypatch, caps
     assert eager['compile_s'] is None and eager['runs'] == compiled['runs'] == 2
     assert compiled['base_calls'] == 1 and compiled['up_calls'] == 1  # the compiling run is not counted
     assert len(graphs) == 2  # one per stage, for the warm-up and both rounds
+
+
+def test_variant_settings_restore_the_float32_weights():
+    """A bf16 variant leaves the model as it found it: float32 weights, not bf16-rounded ones,
+    so a float32 variant of the next round runs the same model."""
+    import torch
+    from tool_helpers import load_tool
+
+    from projects.glide.apis import init_glide
+    tool = load_tool('benchmark')
+    model = init_glide(str(TINY))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with tool.variant_settings(model, tool.parse_variant('bf16+cl'), None, {}):
+        assert model.unet.dtype == model.unet_up.dtype == torch.bfloat16
+        assert model.memory_format == 'channels_last'
+    after = model.state_dict()
+    assert model.unet.dtype == torch.float32
+    assert all(torch.equal(after[k], v) for k, v in before.items())

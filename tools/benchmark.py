@@ -42,7 +42,7 @@ from projects.glide.engine.cli_checks import finite_float, positive_int, samplin
 
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs',
                           'glide_ddim-classifier-free_laion-64-256.py')
-SAMPLERS = ('ddim', 'ddpm', 'dpmsolver++')
+SAMPLERS = ('ddim', 'ddpm', 'dpmsolver++', 'dpmsolver++-sde')
 VARIANT_HELP = ('--variants must list DTYPE or DTYPE+cl with DTYPE fp32, fp16 or bf16, got {!r} '
                 '(each variant: DTYPE[+cl][+compile][+math][+tN])')
 
@@ -83,6 +83,26 @@ def parse_variant(text):
         else:
             return None
     return variant
+
+
+def parse_variants(text):
+    """The variants of a ``--variants`` value; UsageError naming it if one is malformed."""
+    from projects.glide.engine.cli_checks import UsageError
+    variants = [parse_variant(v.strip()) for v in text.split(',') if v.strip()]
+    if not variants or None in variants:
+        raise UsageError(VARIANT_HELP.format(text))
+    return variants
+
+
+def report(records, table, markdown):
+    """One JSON line per record on stdout, the markdown table on stderr and in ``markdown`` (a path
+    or None)."""
+    for record in records:
+        print(json.dumps(record), flush=True)
+    print(table, file=sys.stderr, end='')
+    if markdown is not None:
+        with open(markdown, 'w') as f:
+            f.write(table)
 
 
 def variant_name(v):
@@ -133,15 +153,17 @@ def _counted_calls(model, calls):
 
 
 @contextlib.contextmanager
-def _variant_settings(model, variant, compile_mode, compiled):
+def variant_settings(model, variant, compile_mode, compiled):
     """Apply a variant's dtype, layout, threads, attention kernels and compiled UNet forwards
-    (``compiled``: this variant's, kept across rounds so that it compiles once); undo on exit."""
+    (``compiled``: this variant's, kept across rounds so that it compiles once); undo on exit,
+    float32 weights included (casting back from half precision would keep its rounding)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from projects.glide.models.compile import compile_unet, uncompile_unet
     threads = torch.get_num_threads()
     unets = [u for u in (model.unet, model.unet_up) if u is not None]
+    weights = {k: v.clone() for k, v in model.state_dict().items()} if variant['dtype'] != 'fp32' else None
     model.set_dtype(variant['dtype'])
     model.set_memory_format(variant['layout'])
     if variant['threads']:
@@ -157,6 +179,9 @@ def _variant_settings(model, variant, compile_mode, compiled):
         torch.set_num_threads(threads)
         for unet in unets:
             uncompile_unet(unet)
+        if weights is not None:
+            model.set_dtype('fp32')
+            model.load_state_dict(weights)
 
 
 def _run_once(model, args, device, prompts):
@@ -184,7 +209,7 @@ def time_variant(model, variant, args, device, compiled):
     prompts = [f'prompt number {i}' for i in range(args.batch_size)]
     calls = {'base': 0, 'up': 0}
     run = dict(compile_s=None)
-    with torch.no_grad(), _variant_settings(model, variant, args.compile_mode, compiled), \
+    with torch.no_grad(), variant_settings(model, variant, args.compile_mode, compiled), \
             _counted_calls(model, calls):
         if variant['compile'] and not compiled.get('warm'):
             run['compile_s'] = sum(_run_once(model, args, device, prompts))
@@ -281,11 +306,7 @@ def main(argv=None) -> int:
         check_file(args.config, 'config file')
         device = torch.device(check_device(args.device or ('cuda' if torch.cuda.is_available()
                                                              else 'cpu')))
-        text = args.variants if args.variants is not None else default_variants(device)
-        names = [v.strip() for v in text.split(',') if v.strip()]
-        variants = [parse_variant(v) for v in names]
-        if not variants or None in variants:
-            raise UsageError(VARIANT_HELP.format(text))
+        variants = parse_variants(args.variants if args.variants is not None else default_variants(device))
         if args.markdown is not None:
             check_writable_dir(osp.dirname(osp.abspath(args.markdown)), '--markdown directory')
     except (UsageError, DeviceError) as err:
@@ -305,12 +326,7 @@ def main(argv=None) -> int:
         record = make_record(variant, variant_runs, args, device, flops, model.unet_up is not None)
         record['speedup'] = round(records[0]['total_s'] / record['total_s'] if records else 1., 3)
         records.append(record)
-        print(json.dumps(record), flush=True)
-    table = markdown_table(records)
-    print(table, file=sys.stderr, end='')
-    if args.markdown is not None:
-        with open(args.markdown, 'w') as f:
-            f.write(table)
+    report(records, markdown_table(records), args.markdown)
     return 0
 
 
