@@ -78,6 +78,9 @@ def test_sampler_override(base_model):
     ddpm = run(sampler='ddpm', generator=g())
     assert torch.equal(ddpm, run(sampler='ddpm', generator=g()))
     assert (ddpm - default).abs().max() > 1e-2
+    sde = run(sampler='dpmsolver++-sde', generator=g())
+    assert torch.equal(sde, run(sampler='dpmsolver++-sde', generator=g()))
+    assert (sde - dpm).abs().max() > 1e-2 and (sde - ddpm).abs().max() > 1e-2
     with pytest.raises(ValueError, match="sampler must be one of"):
         run(sampler='euler')
 

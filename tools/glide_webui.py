@@ -27,7 +27,7 @@ from projects.glide.engine.cli_checks import UsageError, check_file  # noqa: E40
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs', 'glide_tiny_shapes-64-256.py')
 DEFAULT_CHECKPOINT = osp.join(REPO_ROOT, 'projects', 'glide', 'weights', 'glide_tiny_shapes-64-256.pth')
 EXAMPLE_PROMPT = 'a red circle above a blue square on a yellow background'
-SAMPLER_NAMES = ('ddim', 'ddpm', 'dpmsolver++')
+SAMPLER_NAMES = ('ddim', 'ddpm', 'dpmsolver++', 'dpmsolver++-sde')
 MAX_STEPS = 1000     # the diffusion's training timesteps
 MAX_IMAGES = 16      # prompts x batch per request
 MAX_SEED = 2**31 - 1

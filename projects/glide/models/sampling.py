@@ -23,6 +23,7 @@ from .diffusion import (
     GlideDDIMScheduler,
     GlideDDPMScheduler,
     GlideDPMSolverScheduler,
+    GlideDPMSolverSDEScheduler,
     GlideSchedulerBase,
     respaced_timesteps,
 )
@@ -44,6 +45,7 @@ SAMPLERS = {
     'ddim': GlideDDIMScheduler,
     'ddpm': GlideDDPMScheduler,
     'dpmsolver++': GlideDPMSolverScheduler,
+    'dpmsolver++-sde': GlideDPMSolverSDEScheduler,
 }
 
 

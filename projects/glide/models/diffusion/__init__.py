@@ -5,7 +5,7 @@ DPM-Solver++ (Lu et al. 2022) and k-diffusion; see each module.
 """
 from .ddim import GlideDDIMScheduler
 from .ddpm import GlideDDPMScheduler
-from .dpm_solver import GlideDPMSolverScheduler
+from .dpm_solver import GlideDPMSolverScheduler, GlideDPMSolverSDEScheduler
 from .gaussian import GaussianDiffusion
 from .loss_terms import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .scheduler_base import GlideSchedulerBase, GlideSchedulerOutput
@@ -13,7 +13,7 @@ from .schedules import betas_for_alpha_bar, get_named_beta_schedule, respace_bet
 
 __all__ = [
     'GaussianDiffusion', 'GlideSchedulerBase', 'GlideSchedulerOutput',
-    'GlideDDIMScheduler', 'GlideDDPMScheduler', 'GlideDPMSolverScheduler',
+    'GlideDDIMScheduler', 'GlideDDPMScheduler', 'GlideDPMSolverScheduler', 'GlideDPMSolverSDEScheduler',
     'get_named_beta_schedule', 'betas_for_alpha_bar', 'space_timesteps',
     'respaced_timesteps', 'respace_betas', 'normal_kl', 'mean_flat',
     'approx_standard_normal_cdf', 'discretized_gaussian_log_likelihood'

@@ -1,4 +1,4 @@
-"""DPM-Solver++(2M) for GLIDE.
+"""DPM-Solver++(2M) for GLIDE, along the ODE and along the SDE.
 
 Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
 Probabilistic Models" (multistep second-order, data prediction); the update
@@ -99,8 +99,33 @@ class GlideDPMSolverScheduler(GlideSchedulerBase):
                      float(1 / (2 * r)) * self._prev_x0.to(x0))
             else:
                 d = x0
-            prev = (float(self._sigma[j] / self._sigma[i]) * x -
-                    float(self._alpha[j] * np.expm1(-h)) * d)
+            prev = self._transfer(x, d, i, j, h, generator, noise)
         self._prev_x0 = x0
         self._prev_index = i
         return prev, x0
+
+    def _transfer(self, x, d, i, j, h, generator, noise):
+        """x_j from x_i and the data estimate d (the deterministic update)."""
+        return float(self._sigma[j] / self._sigma[i]) * x - float(self._alpha[j] * np.expm1(-h)) * d
+
+
+@DIFFUSION_SCHEDULERS.register_module()
+class GlideDPMSolverSDEScheduler(GlideDPMSolverScheduler):
+    """DPM-Solver++(2M) SDE: the same data estimates as
+    :class:`GlideDPMSolverScheduler`, moved along the reverse SDE instead of
+    the ODE (Lu et al. 2022, section 5; k-diffusion's ``sample_dpmpp_2m_sde``
+    with eta 1 and the midpoint correction, in GLIDE's variance-preserving
+    terms). It adds fresh noise every step, as GLIDE's ancestral sampler
+    does, which the ODE solvers lack::
+
+        x_j = (sigma_j / sigma_i) e^(-h) x_i + alpha_j (1 - e^(-2h)) D
+              + sigma_j sqrt(1 - e^(-2h)) z,    z ~ N(0, I)
+
+    ``generator`` / ``noise`` give z (as for ``GlideDDPMScheduler``).
+    """
+
+    def _transfer(self, x, d, i, j, h, generator, noise):
+        z = self._noise(x, generator, noise)
+        decay = -np.expm1(-2 * h)
+        return (float(self._sigma[j] / self._sigma[i] * np.exp(-h)) * x + float(self._alpha[j] * decay) * d +
+                float(self._sigma[j] * np.sqrt(decay)) * z.to(x.dtype))
