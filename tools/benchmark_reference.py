@@ -27,6 +27,7 @@ outputs; then a markdown table on stderr (and in ``--markdown FILE``).
 """
 import argparse
 import contextlib
+import functools
 import os.path as osp
 import sys
 import tempfile
@@ -167,31 +168,30 @@ def run_rows(reference, diffusion, ours, variants, args, device):
             device)
         return call_s, loop_s
 
-    def our_row(variant, cache):
+    def our_loop():
+        return ours.infer(init_image=noise, prompt=prompts, batch_size=args.batch_size,
+                          guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
+                          sampler='ddim')['samples']
+
+    def our_row(row, variant, cache):
         with variant_settings(ours, variant, None, cache):
             if variant['compile'] and not cache.get('warm'):  # compile outside the timing
                 ours.unet(x, t, tokens, mask)
-                ours.infer(init_image=noise, prompt=prompts, batch_size=args.batch_size,
-                           guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
-                           sampler='ddim')
+                our_loop()
                 cache['warm'] = True
             call_s, call_out = _timed(lambda: ours.unet(x, t, tokens, mask), device)
-            loop_s, loop_out = _timed(lambda: ours.infer(
-                init_image=noise, prompt=prompts, batch_size=args.batch_size,
-                guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
-                sampler='ddim')['samples'], device)
-        return call_s, loop_s, call_out.float(), loop_out.float()
+            loop_s, loop_out = _timed(our_loop, device)
+        row['call_out'], row['loop_out'] = call_out.float(), loop_out.float()
+        return call_s, loop_s
 
+    jobs = [(rows[name], functools.partial(reference_row, cache=cache))
+            for name, cache in (('reference', False), ('reference, cache_text_emb', True))]
+    jobs += [(rows[variant_name(v)], functools.partial(our_row, variant=v, cache=cache))
+             for v, cache in zip(variants, compiled)]
     with torch.no_grad():
         for _ in range(args.repeats):
-            for name, cache in (('reference', False), ('reference, cache_text_emb', True)):
-                row = rows[name]
-                call_s, loop_s = reference_row(row, cache)
-                row.setdefault('call', []).append(call_s)
-                row.setdefault('loop', []).append(loop_s)
-            for variant, cache in zip(variants, compiled):
-                row = rows[variant_name(variant)]
-                call_s, loop_s, row['call_out'], row['loop_out'] = our_row(variant, cache)
+            for row, job in jobs:
+                call_s, loop_s = job(row)
                 row.setdefault('call', []).append(call_s)
                 row.setdefault('loop', []).append(loop_s)
     reference.cache_text_emb, reference.cache = False, None
