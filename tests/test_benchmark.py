@@ -1,6 +1,7 @@
 """tools/benchmark.py on a tiny config on the CPU: well-formed JSON, sane numbers
 (never timed against a threshold)."""
 import json
+import re
 
 from conftest import ROOT, run_tool
 
@@ -9,12 +10,16 @@ TINY = ROOT / 'projects' / 'glide' / 'configs' / 'glide_tiny_shapes-64-256.py'
 
 def test_benchmark_prints_one_record_per_variant():
     proc = run_tool('tools/benchmark.py', '--config', TINY, '--device', 'cpu', '--batch-size', '2',
-                    '--steps', '3', '--steps-up', '2', '--variants', 'fp32,bf16,bf16+cl')
+                    '--steps', '3', '--steps-up', '2', '--variants', 'fp32,bf16,bf16+cl,fp32+r1')
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
     assert [r['variant'] for r in records] == ['fp32-eager', 'bf16-eager',
-                                                'bf16-channels_last-eager']
-    assert [r['memory_format'] for r in records] == ['contiguous', 'contiguous', 'channels_last']
-    assert [r['dtype'] for r in records] == ['fp32', 'bf16', 'bf16']
+                                                'bf16-channels_last-eager', 'fp32-eager-rows1']
+    assert [r['memory_format'] for r in records] == ['contiguous', 'contiguous', 'channels_last', 'contiguous']
+    assert [r['dtype'] for r in records] == ['fp32', 'bf16', 'bf16', 'fp32']
+    # the model's 'auto' rows per call on a CPU (bf16: half the bytes, twice the rows); +r1: one row a call,
+    # still 3 + 2 whole-batch calls
+    assert [r['rows_per_call'] for r in records] == [[16, 1], [32, 3], [32, 3], [1, 1]]
+    assert re.search(r'\| fp32-eager-rows1 \| \d+ \| 1, 1 \|', proc.stderr)
     for r in records:
         assert r['device'] == 'cpu' and r['batch_size'] == 2
         assert r['base_calls'] == 3 and r['up_calls'] == 2
@@ -24,7 +29,7 @@ def test_benchmark_prints_one_record_per_variant():
         # guided base calls see 2B rows, so they cost twice an unguided one per image
         assert r['base_flops'] > 0 and r['up_flops'] > 0
     assert records[0]['speedup'] == 1.0
-    assert records[0]['base_flops'] == records[1]['base_flops'] == records[2]['base_flops']
+    assert records[0]['base_flops'] == records[1]['base_flops'] == records[2]['base_flops'] == records[3]['base_flops']
 
 
 def test_benchmark_flops_scale_with_batch_and_guidance():
@@ -60,10 +65,13 @@ def _benchmark_module():
 def test_variant_syntax():
     bench = _benchmark_module()
     v = bench.parse_variant('bf16+cl+compile+t2')
-    assert v == dict(dtype='bf16', layout='channels_last', compile=True, math=False, threads=2)
+    assert v == dict(dtype='bf16', layout='channels_last', compile=True, math=False, threads=2, rows='auto')
     assert bench.variant_name(v) == 'bf16-channels_last-compile-t2'
     assert bench.variant_name(bench.parse_variant('fp32+math')) == 'fp32-math-eager'
-    for bad in ('fp8', 'fp32+cl+cl', 'fp32+t0', 'fp32+t1+t2', 'fp32+', '+cl', 'fp32+compile+nhwc'):
+    assert bench.parse_variant('fp32+r8')['rows'] == 8 and bench.parse_variant('fp32+rall')['rows'] is None
+    assert bench.variant_name(bench.parse_variant('fp32+cl+rall')) == 'fp32-channels_last-eager-rowsall'
+    for bad in ('fp8', 'fp32+cl+cl', 'fp32+t0', 'fp32+t1+t2', 'fp32+', '+cl', 'fp32+compile+nhwc', 'fp32+r0',
+                'fp32+r2+rall', 'fp32+rx', 'fp32+r'):
         assert bench.parse_variant(bad) is None, bad
 
 
@@ -80,7 +88,8 @@ def test_benchmark_argument_errors_are_one_line():
         errors = [line for line in proc.stderr.splitlines() if 'error:' in line]
         assert len(errors) == 1 and message in errors[0] and 'Traceback' not in proc.stderr, proc.stderr
     proc = run_tool('tools/benchmark.py', '--config', TINY, '--device', 'cpu', '--variants', 'fp32+t0', check=False)
-    assert proc.returncode == 1 and "got 'fp32+t0' (each variant: DTYPE[+cl][+compile][+math][+tN])" in proc.stderr
+    assert proc.returncode == 1
+    assert "got 'fp32+t0' (each variant: DTYPE[+cl][+compile][+math][+tN][+rN|+rall])" in proc.stderr
 
 
 def test_benchmark_threads_attention_and_markdown(tmp_path):

@@ -50,6 +50,15 @@ def test_weights_ship_small_and_load_strictly():
     assert all(v.float().abs().mean() > 1e-3 for v in positions.values())
 
 
+def test_bundled_models_slice_their_cpu_batches():
+    """The bundled base model takes 16 rows a call on a CPU (its tools/test.py batch of 64 images is 128
+    guided rows), its upsampler one."""
+    from projects.glide.apis import init_glide
+    model = init_glide(str(CONFIGS / 'glide_tiny_shapes-64-256.py'), None, device='cpu')
+    assert model.stage_rows_per_call(model.unet) == 16
+    assert model.stage_rows_per_call(model.unet_up) == 1
+
+
 def test_demo_defaults_write_a_captioned_png(tmp_path):
     out = tmp_path / 'demo.png'
     proc = run_tool('tools/glide_demo.py', 'a red circle above a blue square on a yellow background',

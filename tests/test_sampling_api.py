@@ -1,5 +1,7 @@
 """The user-facing sampling API: options, reproducibility, bad arguments,
 precomputed text states and img2img."""
+import re
+
 import pytest
 import torch
 
@@ -197,6 +199,93 @@ def test_channels_last_sampling_matches_contiguous(reference_model):
         reference_model.set_memory_format('nhwc')
 
 
+def _rows_seen(unet, sizes):
+    return unet.register_forward_pre_hook(lambda m, args, kwargs: sizes.append(args[0].shape[0]),
+                                          with_kwargs=True)
+
+
+@pytest.mark.parametrize('stage', ['base', 'composed', 'upsampler', 'inpaint'])
+def test_rows_per_call_slices_every_input_of_the_unet_and_keeps_the_samples(stage, reference_model,
+                                                                               inpaint_model):
+    """Sliced UNet batches (x_t, timesteps, text states and conditioning
+    images cut alike) give the unsliced samples; 6 rows by at most 4 are two
+    calls of 3."""
+    model = inpaint_model if stage == 'inpaint' else reference_model
+    unet = model.unet_up if stage == 'upsampler' else model.unet
+    gen = torch.Generator().manual_seed(3)
+    if stage == 'upsampler':
+        low_res = torch.rand(6, 3, 64, 64, generator=gen) * 2 - 1
+
+        def run():
+            return model.infer_up(low_res, prompt='a corgi', num_inference_steps=2, seed=1)['samples']
+    else:
+        kwargs = dict(prompt='a corgi', batch_size=3)
+        if stage == 'composed':  # 3 part rows per image: 2 AND parts, the unconditional row
+            kwargs = dict(prompt='a corgi AND a cat', batch_size=2)
+        if stage == 'inpaint':
+            kwargs.update(inpaint_image=torch.rand(3, 3, 64, 64, generator=gen) * 2 - 1,
+                          inpaint_mask=(torch.rand(3, 1, 64, 64, generator=gen) > 0.5).float())
+
+        def run():  # the base stage's samples (the upsampler's 8-bit input may flip a level)
+            out = model.infer(**kwargs, num_inference_steps=2, num_inference_steps_up=2, seed=0)
+            return out.get('low_res', out['samples'])
+    sizes = []
+    handle = _rows_seen(unet, sizes)
+    try:
+        model.set_rows_per_call(None)
+        whole = run()
+        assert sizes == [6, 6]
+        sizes.clear()
+        model.set_rows_per_call(4)
+        sliced = run()
+        assert sizes == [3, 3, 3, 3]
+    finally:
+        handle.remove()
+        model.set_rows_per_call('auto')
+    torch.testing.assert_close(sliced, whole, atol=1e-4, rtol=0)  # float rounding only
+
+
+def test_rows_per_call_auto_keeps_the_largest_feature_map_within_24_mib(reference_model, monkeypatch):
+    from projects.glide.models.glide import Glide
+    from projects.glide.models.sampling import CPU_ROWS_BYTES
+    assert CPU_ROWS_BYTES == 24 * 2**20
+    for unet, x, cond in ((reference_model.unet, torch.randn(2, 3, 64, 64), {}),
+                          (reference_model.unet_up, torch.randn(2, 3, 256, 256),
+                           dict(low_res=torch.randn(2, 3, 64, 64)))):
+        largest = []
+        hooks = [m.register_forward_hook(lambda m, a, out: largest.append(out[0].numel()))
+                 for m in unet.modules() if m is not unet]
+        try:
+            with torch.no_grad():
+                emb = unet.encode_text(*reference_model.tokenizer(['a', 'b'], device='cpu'))
+                unet(x, torch.tensor([10, 10]), text_emb=emb, **cond)
+        finally:
+            for h in hooks:
+                h.remove()
+        # the largest per-row output of any layer is the number the slicing is sized by
+        assert max(largest) == unet.largest_feature_numel
+        assert reference_model.stage_rows_per_call(unet) == max(1, CPU_ROWS_BYTES // (4 * max(largest)))
+    try:  # half precision: half the bytes per row, twice the rows
+        reference_model.set_dtype('bf16')
+        unet = reference_model.unet
+        assert reference_model.stage_rows_per_call(unet) == max(1, CPU_ROWS_BYTES // (2 * unet.largest_feature_numel))
+    finally:
+        reference_model.set_dtype('fp32')
+    reference_model.set_rows_per_call(5)
+    assert reference_model.stage_rows_per_call(reference_model.unet) == 5
+    reference_model.set_rows_per_call('auto')
+    monkeypatch.setattr(Glide, 'device', property(lambda self: torch.device('cuda', 0)))
+    assert reference_model.stage_rows_per_call(reference_model.unet) is None  # the GPU's allocator caches
+
+
+@pytest.mark.parametrize('bad', [0, -2, 2.5, True, 'all', '4'])
+def test_rows_per_call_rejects_what_is_not_a_row_count(reference_model, bad):
+    with pytest.raises(ValueError, match=(r"rows_per_call must be a positive int, 'auto' or None, got "
+                                          + re.escape(repr(bad)))):
+        reference_model.set_rows_per_call(bad)
+    assert reference_model.rows_per_call == 'auto'
+
+
 def test_cuda_request_on_cpu_machine_keeps_model_on_cpu(reference_model):
     if torch.cuda.is_available():
         pytest.fail('this test describes CPU-only machines')
@@ -356,6 +445,7 @@ def test_upsample_strength_starts_the_upsampler_from_its_bicubic_input(reference
     calls = []
     unet = reference_model.unet_up
     original = unet.forward
+    monkeypatch.setattr(reference_model, 'rows_per_call', None)  # one call per step ('auto' slices 2 rows on a CPU)
     monkeypatch.setattr(unet, 'forward', lambda *a, **k: calls.append((a[1][0].item(), a[0].clone()))
                         or original(*a, **k))
     spec = '3,2,2,1,1,1,1,1,1,1'  # sections of 100 timesteps
@@ -401,6 +491,7 @@ def test_predict_given_low_res_honours_upsample_strength(reference_model, monkey
     """tools/test.py scoring the upsampler alone (upsample_given_low_res) runs the test_cfg's recipe."""
     calls = []
     original = reference_model.unet_up.forward
+    monkeypatch.setattr(reference_model, 'rows_per_call', None)  # one call per step ('auto' slices 2 rows on a CPU)
     monkeypatch.setattr(reference_model.unet_up, 'forward', lambda *a, **k: calls.append(a[1][0].item())
                         or original(*a, **k))
     monkeypatch.setattr(reference_model, 'test_cfg', dict(upsample_given_low_res=True, num_inference_steps_up='ddim10',

@@ -15,7 +15,9 @@ weights and inputs), ``+compile`` (``Glide.compile``: one static-shape graph
 per stage, ``--compile-mode`` passed on; the first, untimed run compiles, its
 time is ``compile_s``), ``+math`` (attention by the unfused maths instead of
 the fused ``scaled_dot_product_attention``
-kernels) and ``+tN`` (N CPU threads). Default variants: fp32, fp16, bf16 and
+kernels), ``+tN`` (N CPU threads) and ``+rN`` / ``+rall`` (N rows, or all
+rows, per UNet call instead of the model's ``rows_per_call='auto'``: see
+``Glide.set_rows_per_call``). Default variants: fp32, fp16, bf16 and
 their ``+cl`` on a GPU; fp32, fp32+cl, fp32+math and, where the CPU has
 bf16 instructions, bf16 and bf16+cl on a CPU.
 Prints one JSON line per variant: seconds per stage and in total, UNet calls
@@ -44,7 +46,7 @@ DEFAULT_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs',
                           'glide_ddim-classifier-free_laion-64-256.py')
 SAMPLERS = ('ddim', 'ddpm', 'dpmsolver++', 'dpmsolver++-sde')
 VARIANT_HELP = ('--variants must list DTYPE or DTYPE+cl with DTYPE fp32, fp16 or bf16, got {!r} '
-                '(each variant: DTYPE[+cl][+compile][+math][+tN])')
+                '(each variant: DTYPE[+cl][+compile][+math][+tN][+rN|+rall])')
 
 
 def parse_args(argv=None):
@@ -57,7 +59,8 @@ def parse_args(argv=None):
     parser.add_argument('--guidance-scale', type=finite_float, default=3.)
     parser.add_argument('--sampler', default='ddim', choices=SAMPLERS, help='base stage sampler')
     parser.add_argument('--variants', default=None,
-                        help='comma-separated DTYPE[+cl][+compile][+math][+tN]; the first is the baseline')
+                        help='comma-separated DTYPE[+cl][+compile][+math][+tN][+rN|+rall]; the first is the '
+                        'baseline')
     parser.add_argument('--compile-mode', default=None,
                         help="torch.compile mode of +compile variants, e.g. 'reduce-overhead' (CUDA graphs)")
     parser.add_argument('--repeats', type=positive_int, default=1,
@@ -67,10 +70,10 @@ def parse_args(argv=None):
 
 
 def parse_variant(text):
-    """``'bf16+cl+t2'`` -> dict(dtype='bf16', layout='channels_last', compile=False,
-    math=False, threads=2); None if malformed."""
+    """``'bf16+cl+t2+r8'`` -> dict(dtype='bf16', layout='channels_last', compile=False,
+    math=False, threads=2, rows=8) (``rows``: 'auto' unless given, None for ``+rall``); None if malformed."""
     dtype, *options = text.split('+')
-    variant = dict(dtype=dtype, layout='contiguous', compile=False, math=False, threads=None)
+    variant = dict(dtype=dtype, layout='contiguous', compile=False, math=False, threads=None, rows='auto')
     if dtype not in ('fp32', 'fp16', 'bf16') or len(set(options)) != len(options):
         return None
     for option in options:
@@ -80,6 +83,8 @@ def parse_variant(text):
             variant[option] = True
         elif re.fullmatch(r't[1-9]\d*', option) and variant['threads'] is None:
             variant['threads'] = int(option[1:])
+        elif re.fullmatch(r'r([1-9]\d*|all)', option) and variant['rows'] == 'auto':
+            variant['rows'] = None if option == 'rall' else int(option[1:])
         else:
             return None
     return variant
@@ -106,11 +111,12 @@ def report(records, table, markdown):
 
 
 def variant_name(v):
-    """The record's ``variant``: e.g. ``fp32-eager``, ``bf16-channels_last-compile-t2``."""
+    """The record's ``variant``: e.g. ``fp32-eager``, ``bf16-channels_last-compile-t2``, ``fp32-eager-rowsall``."""
     parts = [v['dtype']] + (['channels_last'] if v['layout'] == 'channels_last' else [])
     parts += ['math'] if v['math'] else []
     parts += ['compile' if v['compile'] else 'eager']
-    return '-'.join(parts + ([f"t{v['threads']}"] if v['threads'] else []))
+    parts += [f"t{v['threads']}"] if v['threads'] else []
+    return '-'.join(parts + ([] if v['rows'] == 'auto' else [f"rows{v['rows'] or 'all'}"]))
 
 
 def default_variants(device):
@@ -129,7 +135,7 @@ def _sync(device):
 
 @contextlib.contextmanager
 def _counted_calls(model, calls):
-    """Count each stage's UNet calls (outside any compiled region)."""
+    """Count each stage's UNet rows (outside any compiled region; ``time_variant`` turns them into calls)."""
     wrapped = []
     for stage, unet in (('base', model.unet), ('up', model.unet_up)):
         if unet is None:
@@ -137,7 +143,7 @@ def _counted_calls(model, calls):
         inner, had_own = unet.forward, 'forward' in vars(unet)
 
         def counted(*a, _stage=stage, _inner=inner, **k):
-            calls[_stage] += 1
+            calls[_stage] += a[0].shape[0]
             return _inner(*a, **k)
 
         unet.forward = counted
@@ -154,18 +160,19 @@ def _counted_calls(model, calls):
 
 @contextlib.contextmanager
 def variant_settings(model, variant, compile_mode, compiled):
-    """Apply a variant's dtype, layout, threads, attention kernels and compiled UNet forwards
+    """Apply a variant's dtype, layout, threads, rows per call, attention kernels and compiled UNet forwards
     (``compiled``: this variant's, kept across rounds so that it compiles once); undo on exit,
     float32 weights included (casting back from half precision would keep its rounding)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from projects.glide.models.compile import compile_unet, uncompile_unet
-    threads = torch.get_num_threads()
+    threads, rows = torch.get_num_threads(), model.rows_per_call
     unets = [u for u in (model.unet, model.unet_up) if u is not None]
     weights = {k: v.clone() for k, v in model.state_dict().items()} if variant['dtype'] != 'fp32' else None
     model.set_dtype(variant['dtype'])
     model.set_memory_format(variant['layout'])
+    model.set_rows_per_call(variant['rows'])
     if variant['threads']:
         torch.set_num_threads(variant['threads'])
     for i, unet in enumerate(unets if variant['compile'] else []):
@@ -177,6 +184,7 @@ def variant_settings(model, variant, compile_mode, compiled):
             yield
     finally:
         torch.set_num_threads(threads)
+        model.set_rows_per_call(rows)
         for unet in unets:
             uncompile_unet(unet)
         if weights is not None:
@@ -204,7 +212,8 @@ def _run_once(model, args, device, prompts):
 
 def time_variant(model, variant, args, device, compiled):
     """One timed cascade run of a variant (after an untimed compiling run the first time
-    a ``+compile`` variant runs): dict of seconds, UNet calls, threads, peak memory."""
+    a ``+compile`` variant runs): dict of seconds, UNet calls (whole batches: a sliced batch
+    counts once), rows per call, threads, peak memory."""
     import torch
     prompts = [f'prompt number {i}' for i in range(args.batch_size)]
     calls = {'base': 0, 'up': 0}
@@ -218,7 +227,10 @@ def time_variant(model, variant, args, device, compiled):
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
         run['base_s'], run['up_s'] = _run_once(model, args, device, prompts)
-        run.update(calls=dict(calls), threads=torch.get_num_threads(),
+        rows = dict(base=args.batch_size * (1 if args.guidance_scale == 1 else 2), up=args.batch_size)
+        unets = [u for u in (model.unet, model.unet_up) if u is not None]
+        run.update(calls={k: v // rows[k] for k, v in calls.items()}, threads=torch.get_num_threads(),
+                   rows_per_call=[model.stage_rows_per_call(u) for u in unets],
                    peak=torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None)
     return run
 
@@ -233,7 +245,8 @@ def make_record(variant, runs, args, device, flops, has_upsampler):
     record = dict(
         variant=variant_name(variant), dtype=variant['dtype'], memory_format=variant['layout'],
         compiled=variant['compile'], compile_mode=args.compile_mode if variant['compile'] else None,
-        attention='math' if variant['math'] else 'sdpa', threads=best['threads'], device=str(device),
+        attention='math' if variant['math'] else 'sdpa', threads=best['threads'],
+        rows_per_call=best['rows_per_call'], device=str(device),
         gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
         torch=torch.__version__, batch_size=args.batch_size, steps=str(args.steps),
         steps_up=str(args.steps_up) if has_upsampler else None, sampler=args.sampler, runs=len(runs),
@@ -284,10 +297,12 @@ def stage_flops(model, args, device):
 
 def markdown_table(records):
     """The records as a markdown table (one row per variant)."""
-    lines = ['| variant | threads | base s | upsampler s | total s | compile s | ms/call base, up | '
-             'images/s | TFLOP/s | speedup |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    lines = ['| variant | threads | rows/call base, up | base s | upsampler s | total s | compile s | '
+             'ms/call base, up | images/s | TFLOP/s | speedup |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     for r in records:
-        lines.append(f"| {r['variant']} | {r['threads']} | {r['base_s']:.3f} | {r['up_s']:.3f} | "
+        rows = ', '.join('all' if n is None else str(n) for n in r['rows_per_call'])
+        lines.append(f"| {r['variant']} | {r['threads']} | {rows} | {r['base_s']:.3f} | {r['up_s']:.3f} | "
                      f"{r['total_s']:.3f} | {r['compile_s'] if r['compile_s'] is not None else '-'} | "
                      f"{r['base_ms_per_call']:.1f}, {r['up_ms_per_call'] or 0:.1f} | {r['images_per_s']:.3f} | "
                      f"{r['tflops_per_s']:.3f} | {r['speedup']:.2f}x |")

@@ -6,7 +6,7 @@ is mixed in from ``inference.py``; the training components live in
 """
 import contextlib
 import warnings
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 from mmagic.registry import DIFFUSION_SCHEDULERS, MODELS
@@ -16,6 +16,7 @@ from ..checkpoint import check_state_dict
 from ..images import quantize_8bit
 from .clip import NoisedCLIP
 from .inference import GlideInference
+from .sampling import CPU_ROWS_BYTES
 from .tokenizer import GlideTokenizer
 from .training import AuxLossInputs, build_module, parse_train_cfg, pixel_weight
 
@@ -45,6 +46,9 @@ class Glide(GlideInference, BaseModel):
             ``'channels_last'`` (NHWC) for the UNets' convolution weights and
             the images fed to them while sampling (see
             :meth:`set_memory_format`).
+        rows_per_call (int | str | None): the most batch rows one UNet call
+            takes while sampling (see :meth:`set_rows_per_call`): ``'auto'``
+            (default), an int, or None for all rows at once.
         train_cfg (dict | None): ``stage`` ('base' or 'upsampler', which UNet
             ``train_step`` trains), ``caption_dropout`` (probability of
             training on the empty prompt, which classifier-free guidance
@@ -71,6 +75,7 @@ class Glide(GlideInference, BaseModel):
                  dtype: str = 'fp32',
                  use_fp16: bool = False,
                  memory_format: str = 'contiguous',
+                 rows_per_call: Union[int, str, None] = 'auto',
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
@@ -101,6 +106,7 @@ class Glide(GlideInference, BaseModel):
         self.test_cfg = dict(test_cfg or {})
         self.set_dtype('fp16' if use_fp16 else dtype)
         self.set_memory_format(memory_format)
+        self.set_rows_per_call(rows_per_call)
         self._register_load_state_dict_pre_hook(self._check_checkpoint, with_module=False)
 
     # ------------------------------------------------------------ utilities
@@ -136,6 +142,29 @@ class Glide(GlideInference, BaseModel):
             if unet is not None:
                 unet.to(memory_format=self._torch_memory_format)
         return self
+
+    def set_rows_per_call(self, rows_per_call: Union[int, str, None]) -> 'Glide':
+        """Feed a sampling loop's UNet batches (2B rows when guided) in slices
+        of at most ``rows_per_call`` rows. ``'auto'``: on a CPU, as many rows
+        as keep the UNet's largest feature map within ``CPU_ROWS_BYTES`` (24
+        MiB; the bundled base model: 16 rows, its upsampler: 1), because
+        blocks over 32 MiB come as fresh pages from the kernel at every
+        call; on other devices all rows at once. Rows are independent, so slicing
+        changes results only by float rounding."""
+        if not (rows_per_call is None or rows_per_call == 'auto' or
+                (isinstance(rows_per_call, int) and not isinstance(rows_per_call, bool) and rows_per_call > 0)):
+            raise ValueError(f"rows_per_call must be a positive int, 'auto' or None, got {rows_per_call!r}")
+        self.rows_per_call = rows_per_call
+        return self
+
+    def stage_rows_per_call(self, unet) -> Optional[int]:
+        """The rows per call ``unet`` gets now (None: all), ``rows_per_call`` resolved."""
+        if self.rows_per_call != 'auto':
+            return self.rows_per_call
+        if self.device.type != 'cpu':
+            return None
+        row_bytes = unet.largest_feature_numel * torch.finfo(unet.dtype).bits // 8
+        return max(1, CPU_ROWS_BYTES // row_bytes)
 
     def to(self, *args, **kwargs) -> 'Glide':
         """``nn.Module.to``, except that a CUDA device on a machine without CUDA

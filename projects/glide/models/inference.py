@@ -50,7 +50,7 @@ class GlideInference:
     """``encode_prompt``, ``infer``, ``infer_up`` and ``predict`` of :class:`Glide`.
 
     A mixin: it reads the model's ``unet``, ``unet_up``, samplers,
-    ``tokenizer``, ``clip``, ``test_cfg``, ``device`` and memory format.
+    ``tokenizer``, ``clip``, ``test_cfg``, ``device``, memory format and rows per call.
     """
 
     def _stage(self, stage: str, name: str = 'stage'):
@@ -234,7 +234,8 @@ class GlideInference:
             cond_fn=(clip_cond_fn(self.clip, clip_text.repeat_interleave(num, 0), classifier_scale)
                      if classifier_scale > 0 else None),
             image=img2img_image(per_candidate(image, batch_size, num), rows, size, self.device),
-            strength=strength, show_progress=show_progress, desc='GLIDE base'), self._torch_memory_format)
+            strength=strength, show_progress=show_progress, desc='GLIDE base'), self._torch_memory_format,
+            self.stage_rows_per_call(self.unet))
         result = {}
         if num > 1:
             samples, result['rerank_scores'] = rerank_candidates(self.clip, samples, clip_text, num)
@@ -304,7 +305,7 @@ class GlideInference:
             unet=self.unet_up, scheduler=self.diffusion_scheduler_up, noise=x_t, text_emb=text_emb,
             steps=num_inference_steps, generator=generator, cond=cond, denoised_fn=denoised_fn,
             image=image, strength=strength, show_progress=show_progress, desc='GLIDE upsampler'),
-            self._torch_memory_format)
+            self._torch_memory_format, self.stage_rows_per_call(self.unet_up))
         return dict(samples=samples)
 
     def predict(self, batch: dict) -> List[dict]:

@@ -40,6 +40,11 @@ SAMPLING_DEFAULTS = dict(guidance_scale=3., num_inference_steps=50, num_inferenc
 #: how far an input image may stray outside [-1, 1] (the rounding of a conversion) before it is an error
 IMAGE_RANGE_TOL = 1e-3
 
+#: on a CPU, the most bytes the largest feature map of one UNet call may take when ``Glide.rows_per_call`` is
+#: ``'auto'``: glibc hands out blocks over 32 MiB as fresh pages that the kernel faults in and zeroes at every
+#: call (with 128 rows of the bundled model that took half of each call; docs/benchmarks.md, fourth round)
+CPU_ROWS_BYTES = 24 * 2**20
+
 #: names accepted by ``infer(sampler=...)``
 SAMPLERS = {
     'ddim': GlideDDIMScheduler,
@@ -98,10 +103,33 @@ def strength_timestep(strength: float, num_train_timesteps: int) -> int:
     return math.floor(round(strength * num_train_timesteps, 6))
 
 
-def sample_stage(request: StageRequest, memory_format: torch.memory_format) -> torch.Tensor:
+def call_in_slices(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, text_emb: Dict[str, torch.Tensor],
+                   cond: Dict[str, torch.Tensor], rows_per_call: Optional[int]) -> torch.Tensor:
+    """``unet(x, t, text_emb=text_emb, **cond)`` for the N rows of x (and of
+    t, every ``text_emb`` and ``cond`` tensor) in ceil(N / rows_per_call)
+    near-equal slices (None: one call); rows are independent, so the result is
+    the same up to float rounding."""
+    n = x.shape[0]
+    if rows_per_call is None or n <= rows_per_call:
+        return unet(x, t, text_emb=text_emb, **cond)
+    parts = -(-n // rows_per_call)
+
+    def split(v):
+        return v.tensor_split(parts)
+    pieces = zip(split(x), split(t), *(split(v) for v in text_emb.values()), *(split(v) for v in cond.values()))
+    outs = []
+    for x_i, t_i, *rest in pieces:
+        emb_i, cond_i = rest[:len(text_emb)], rest[len(text_emb):]
+        outs.append(unet(x_i, t_i, text_emb=dict(zip(text_emb, emb_i)), **dict(zip(cond, cond_i))))
+    return torch.cat(outs)
+
+
+def sample_stage(request: StageRequest, memory_format: torch.memory_format,
+                 rows_per_call: Optional[int] = None) -> torch.Tensor:
     """Run one stage; (B, 3, H, W) samples clamped to [-1, 1] (with the
     scheduler's ``clip_sample`` the last x0 is clamped already; without it
-    the chain may end outside the range the images are defined on)."""
+    the chain may end outside the range the images are defined on). The UNet
+    takes at most ``rows_per_call`` rows per call (:func:`call_in_slices`)."""
     scheduler, unet = request.scheduler, request.unet
     start = (None if request.image is None else
              strength_timestep(request.strength, scheduler.num_train_timesteps))
@@ -122,7 +150,8 @@ def sample_stage(request: StageRequest, memory_format: torch.memory_format) -> t
     cond = {k: rows(v).contiguous(memory_format=memory_format) for k, v in request.cond.items()}
     for t in tqdm(scheduler.timesteps, desc=request.desc, disable=not request.show_progress, leave=False):
         x_in = rows(x).contiguous(memory_format=memory_format)
-        out = unet(x_in, t.to(x.device).expand(x_in.shape[0]), text_emb=request.text_emb, **cond).float()
+        out = call_in_slices(unet, x_in, t.to(x.device).expand(x_in.shape[0]), request.text_emb, cond,
+                             rows_per_call).float()
         if composition is not None:
             out = composition.combine(out)
         elif guidance is not None:

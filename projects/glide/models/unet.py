@@ -253,10 +253,14 @@ class Text2ImUNet(nn.Module):
             ResBlock(ch, emb_channels, ch, dropout), attention(ch), ResBlock(ch, emb_channels, ch, dropout))
 
         self.out_blocks = nn.ModuleList()
+        #: values in the largest feature map of one batch row, a decoder block's input with its skip
+        #: (sizes slicing, ``Glide.set_rows_per_call``)
+        self.largest_feature_numel = 0
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(resblocks_per_downsample + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), emb_channels, int(base_channels * mult),
-                                   dropout)]
+                in_ch = ch + skip_channels.pop()
+                self.largest_feature_numel = max(self.largest_feature_numel, in_ch * (image_size // ds) ** 2)
+                layers = [ResBlock(in_ch, emb_channels, int(base_channels * mult), dropout)]
                 ch = int(base_channels * mult)
                 if ds in attention_ds:
                     layers.append(attention(ch))
