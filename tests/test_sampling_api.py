@@ -1,5 +1,6 @@
 """The user-facing sampling API: options, reproducibility, bad arguments,
 precomputed text states and img2img."""
+import copy
 import re
 
 import pytest
@@ -9,7 +10,6 @@ import torch
 @pytest.fixture(scope='module')
 def base_model(reference_model):
     """The tiny reference cascade with its upsampler detached (base stage only)."""
-    import copy
     model = copy.deepcopy(reference_model)
     model.unet_up = model.diffusion_scheduler_up = None
     return model
@@ -265,15 +265,15 @@ def test_rows_per_call_auto_keeps_the_largest_feature_map_within_24_mib(referenc
         # the largest per-row output of any layer is the number the slicing is sized by
         assert max(largest) == unet.largest_feature_numel
         assert reference_model.stage_rows_per_call(unet) == max(1, CPU_ROWS_BYTES // (4 * max(largest)))
-    try:  # half precision: half the bytes per row, twice the rows
-        reference_model.set_dtype('bf16')
-        unet = reference_model.unet
-        assert reference_model.stage_rows_per_call(unet) == max(1, CPU_ROWS_BYTES // (2 * unet.largest_feature_numel))
+    # half precision: half the bytes per row, twice the rows (on a copy: casting the shared model back to
+    # float32 would keep bf16's rounding)
+    half = copy.deepcopy(reference_model).set_dtype('bf16')
+    assert half.stage_rows_per_call(half.unet) == max(1, CPU_ROWS_BYTES // (2 * half.unet.largest_feature_numel))
+    try:
+        reference_model.set_rows_per_call(5)
+        assert reference_model.stage_rows_per_call(reference_model.unet) == 5
     finally:
-        reference_model.set_dtype('fp32')
-    reference_model.set_rows_per_call(5)
-    assert reference_model.stage_rows_per_call(reference_model.unet) == 5
-    reference_model.set_rows_per_call('auto')
+        reference_model.set_rows_per_call('auto')
     monkeypatch.setattr(Glide, 'device', property(lambda self: torch.device('cuda', 0)))
     assert reference_model.stage_rows_per_call(reference_model.unet) is None  # the GPU's allocator caches
 
