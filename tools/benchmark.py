@@ -210,6 +210,11 @@ def _run_once(model, args, device, prompts):
     return t1 - t0, time.perf_counter() - t1
 
 
+def base_rows(args):
+    """Rows of one base UNet batch: the prompts, and as many unconditional rows when guided."""
+    return args.batch_size if args.guidance_scale == 1 else 2 * args.batch_size
+
+
 def time_variant(model, variant, args, device, compiled):
     """One timed cascade run of a variant (after an untimed compiling run the first time
     a ``+compile`` variant runs): dict of seconds, UNet calls (whole batches: a sliced batch
@@ -227,7 +232,7 @@ def time_variant(model, variant, args, device, compiled):
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
         run['base_s'], run['up_s'] = _run_once(model, args, device, prompts)
-        rows = dict(base=args.batch_size * (1 if args.guidance_scale == 1 else 2), up=args.batch_size)
+        rows = dict(base=base_rows(args), up=args.batch_size)
         unets = [u for u in (model.unet, model.unet_up) if u is not None]
         run.update(calls={k: v // rows[k] for k, v in calls.items()}, threads=torch.get_num_threads(),
                    rows_per_call=[model.stage_rows_per_call(u) for u in unets],
@@ -276,8 +281,7 @@ def _count_flops(unet, x, t, text_emb, cond):
 def stage_flops(model, args, device):
     """FLOPs of one base call (the guided batch) and one upsampler call."""
     import torch
-    b = args.batch_size
-    rows = b if args.guidance_scale == 1 else 2 * b
+    b, rows = args.batch_size, base_rows(args)
     flops = {'base': 0, 'up': 0}
     size = model.unet.image_size
     with torch.no_grad():

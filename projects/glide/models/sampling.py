@@ -113,14 +113,11 @@ def call_in_slices(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, text_emb: 
     if rows_per_call is None or n <= rows_per_call:
         return unet(x, t, text_emb=text_emb, **cond)
     parts = -(-n // rows_per_call)
-
-    def split(v):
-        return v.tensor_split(parts)
-    pieces = zip(split(x), split(t), *(split(v) for v in text_emb.values()), *(split(v) for v in cond.values()))
+    edges = [n * i // parts for i in range(parts + 1)]
     outs = []
-    for x_i, t_i, *rest in pieces:
-        emb_i, cond_i = rest[:len(text_emb)], rest[len(text_emb):]
-        outs.append(unet(x_i, t_i, text_emb=dict(zip(text_emb, emb_i)), **dict(zip(cond, cond_i))))
+    for rows in (slice(lo, hi) for lo, hi in zip(edges, edges[1:])):
+        outs.append(unet(x[rows], t[rows], text_emb={k: v[rows] for k, v in text_emb.items()},
+                         **{k: v[rows] for k, v in cond.items()}))
     return torch.cat(outs)
 
 
