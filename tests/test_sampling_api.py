@@ -66,13 +66,14 @@ def test_integer_steps_give_exactly_n_model_calls(base_model, monkeypatch):
 
 
 def test_tools_offer_every_sampler():
-    """The web app and the benchmark keep their own sampler lists (they import no model code at
-    start-up): the same names as infer's, in the same order."""
+    """The web app, the demo and the benchmark keep their own sampler lists (they import no model
+    code at start-up): the same names as infer's, in the same order."""
     from tool_helpers import load_tool
 
     from projects.glide.models.sampling import SAMPLERS
     assert load_tool('glide_webui').SAMPLER_NAMES == tuple(SAMPLERS)
     assert load_tool('benchmark').SAMPLERS == tuple(SAMPLERS)
+    assert load_tool('glide_demo').SAMPLER_NAMES == tuple(SAMPLERS)
 
 
 def test_sampler_override(base_model):

@@ -2,7 +2,7 @@
 
     python tools/glide_demo.py "PROMPT" ["PROMPT" ...] [--config C]
         [--checkpoint P] [--batch-size N] [--seed S] [--guidance-scale G]
-        [--steps N] [--steps-up N] [--out out.png] [--device cpu|cuda]
+        [--steps N] [--steps-up N] [--sampler NAME] [--out out.png] [--device cpu|cuda]
         [--clip-scale S] [--rerank N] [--upsample-strength S|none]
         [--image in.png --mask mask.png]
 
@@ -41,6 +41,8 @@ DEFAULT_CLIP_CONFIG = osp.join(REPO_ROOT, 'projects', 'glide', 'configs',
                                'glide_tiny_shapes-64-256_clip-rerank.py')
 DEFAULT_CHECKPOINT = osp.join(REPO_ROOT, 'projects', 'glide', 'weights',
                               'glide_tiny_shapes-64-256.pth')
+#: infer's samplers (``sampling.SAMPLERS``), listed here so that --help imports no model code
+SAMPLER_NAMES = ('ddim', 'ddpm', 'dpmsolver++', 'dpmsolver++-sde')
 
 
 from projects.glide.engine.cli_checks import (  # noqa: E402
@@ -97,6 +99,8 @@ def parse_args(argv=None):
                         help="base sampling steps, e.g. 50 or ddim50 (default: the config's)")
     parser.add_argument('--steps-up', type=sampling_steps, default=None,
                         help="upsampler steps, e.g. fast27 (default: the config's)")
+    parser.add_argument('--sampler', choices=SAMPLER_NAMES, default=None,
+                        help="base stage sampler (default: the config's, else ddim)")
     parser.add_argument('--clip-scale', type=nonnegative_float, default=None,
                         help="CLIP guidance scale (0 = off; default: the config's); needs a CLIP")
     parser.add_argument('--upsample-strength', type=_upsample_strength, default=None,
@@ -188,7 +192,7 @@ def sampling_options(model, args) -> dict:
     test_cfg = {k: v for k, v in (getattr(model, 'test_cfg', None) or {}).items() if k in accepted}
     options = dict(guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
                    num_inference_steps_up=args.steps_up, classifier_scale=args.clip_scale,
-                   rerank=args.rerank, upsample_strength=args.upsample_strength)
+                   rerank=args.rerank, upsample_strength=args.upsample_strength, sampler=args.sampler)
     kwargs = {**SAMPLING_DEFAULTS, **test_cfg, **{k: v for k, v in options.items() if v is not None}}
     if kwargs['upsample_strength'] == 'none':
         kwargs['upsample_strength'] = None

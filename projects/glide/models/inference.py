@@ -153,7 +153,8 @@ class GlideInference:
                 at 0.5).
             sampler (str | dict | None): the base stage's sampler instead of
                 the config's: ``'ddim'``, ``'ddpm'`` (ancestral), ``'dpmsolver++'``
-                (DPM-Solver++(2M)) or a scheduler config dict; same noise schedule.
+                (DPM-Solver++(2M)), ``'dpmsolver++-sde'`` (its SDE form) or a
+                scheduler config dict; same noise schedule.
             text_emb (dict | None): the base stage's text states from
                 :meth:`encode_prompt` instead of ``prompt`` and ``negative_prompt``
                 (2B rows with guidance, B or 2B without); an upsampler still reads ``prompt``.
