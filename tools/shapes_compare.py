@@ -21,25 +21,28 @@ import argparse
 import glob
 import json
 import os.path as osp
-import re
 import sys
 
 import numpy as np
+from PIL import Image
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+from projects.glide.datasets.shapes import parse_caption  # noqa: E402
 from projects.glide.engine.cli_checks import (  # noqa: E402
     UsageError,
     check_output_file,
     nonnegative_float,
     positive_int,
 )
+from projects.glide.engine.grid import IMAGE_NAME, read_png_text  # noqa: E402
+from projects.glide.evaluation.shapes_accuracy import ATTRIBUTES as JUDGED  # noqa: E402
+from projects.glide.evaluation.shapes_accuracy import judge_image  # noqa: E402
 
-#: the scored attributes, in ShapesAccuracy's order, then every attribute right
-ATTRIBUTES = ('background', 'shape_color', 'shape_class', 'size', 'position', 'relation', 'shape_count', 'all')
-PNG_NAME = re.compile(r'^(\d{5})_[a-z0-9-]+\.png$')
+#: the judged attributes, in ShapesAccuracy's order, then every attribute right
+ATTRIBUTES = JUDGED + ('all',)
 
 
 def parse_args(argv=None):
@@ -71,10 +74,9 @@ def check_run(words: list):
 
 def read_folder(folder: str) -> dict:
     """index -> (prompt, path) of the test images in ``folder``."""
-    from projects.glide.engine.grid import read_png_text
     images = {}
     for path in sorted(glob.glob(osp.join(glob.escape(folder), '*.png'))):
-        match = PNG_NAME.match(osp.basename(path))
+        match = IMAGE_NAME.match(osp.basename(path))
         if match:
             images[int(match.group(1))] = (read_png_text(path).get('prompt'), path)
     if not images:
@@ -85,10 +87,6 @@ def read_folder(folder: str) -> dict:
 def judge_folder(folder: str, captions: dict, first: str) -> list:
     """Per caption (in index order): ``{attribute: bool | None}`` plus ``found`` / ``expected`` shapes;
     ``captions`` (index -> prompt) are those of the folder ``first``."""
-    from PIL import Image
-
-    from projects.glide.datasets.shapes import parse_caption
-    from projects.glide.evaluation.shapes_accuracy import judge_image
     images = read_folder(folder)
     for index in sorted(set(images) | set(captions)):
         here, there = images.get(index, (None,))[0], captions.get(index)
@@ -103,7 +101,7 @@ def judge_folder(folder: str, captions: dict, first: str) -> list:
             raise UsageError(f'{images[index][1]}: prompt {captions[index]!r} is not a shapes caption') from None
         with Image.open(images[index][1]) as im:
             judged = judge_image(np.asarray(im.convert('RGB')), spec)
-        record = {a: judged[a] for a in ATTRIBUTES[:-1]}
+        record = {a: judged[a] for a in JUDGED}
         record.update(all=judged['all_correct'], found=len(judged['detected']['components']),
                       expected=len(spec.shapes))
         records.append(record)

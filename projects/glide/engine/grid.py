@@ -29,6 +29,10 @@ def prompt_slug(prompt: str, max_len: int = 60) -> str:
     return slug or 'prompt'
 
 
+#: the names :func:`image_filename` gives; group 1 is the index
+IMAGE_NAME = re.compile(r'^(\d{5})_[a-z0-9-]+\.png$')
+
+
 def image_filename(index: int, prompt: str) -> str:
     """``{index:05d}_{prompt-slug}.png``."""
     return f'{int(index):05d}_{prompt_slug(prompt)}.png'

@@ -2,7 +2,6 @@
 import glob
 import os
 import os.path as osp
-import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image
 
 from projects.glide.evaluation.samples import sample_field
 
-from .grid import captioned_grid, image_filename, read_png_text, save_png
+from .grid import IMAGE_NAME, captioned_grid, image_filename, read_png_text, save_png
 
 
 def _scalar(value):
@@ -141,14 +140,13 @@ class GlideImageSaverHook(Hook):
 
     def _clear(self, out_dir: str) -> int:
         """Delete the files this hook writes (and only those) from ``out_dir``; their number."""
-        owned = re.compile(r'^\d{5}_[a-z0-9-]+\.png$')
         removed = 0
         for folder, grid in ((out_dir, self.grid_name), (osp.join(out_dir, 'low_res'), None)):
             if not osp.isdir(folder):
                 continue
             for name in os.listdir(folder):
                 path = osp.join(folder, name)
-                if (owned.match(name) or name == grid) and osp.isfile(path):
+                if (IMAGE_NAME.match(name) or name == grid) and osp.isfile(path):
                     os.remove(path)
                     removed += 1
         return removed
